@@ -1,0 +1,35 @@
+"""Data for the domains x traits heatmap of one audit."""
+
+from __future__ import annotations
+
+import math
+
+from audits.conditions import NEUTRAL
+from audits.models import DOMAINS, TRAITS, Audit, Metric
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def heatmap_data(audit: Audit, metric: str) -> dict:
+    scores = audit.scores.filter(metric=metric, condition=NEUTRAL, family="")
+    cells = {(s.domain, s.trait): s for s in scores.exclude(domain="").exclude(trait="")}
+    z, low, high, n = [], [], [], []
+    for trait in TRAITS:
+        row = [cells.get((domain, trait)) for domain in DOMAINS]
+        z.append([s.value if s else None for s in row])
+        low.append([_finite(s.ci_low) if s else None for s in row])
+        high.append([_finite(s.ci_high) if s else None for s in row])
+        n.append([s.n if s else 0 for s in row])
+    return {
+        "metric": metric,
+        "label": Metric(metric).label,
+        "domains": list(DOMAINS),
+        "traits": list(TRAITS),
+        "z": z,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "centre": 0.5 if metric == Metric.ACCURACY else 0.0,
+    }

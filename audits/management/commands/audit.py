@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from audits.models import FINISHED, Audit, Profile, Status, Suite
+from audits.services import audit_create
+from models_registry.models import Checkpoint
+
+
+class Command(BaseCommand):
+    help = "Queue an audit (and optionally wait for it): audit run --checkpoint NAME"
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        run = sub.add_parser("run", help="queue an audit")
+        run.add_argument("--checkpoint", required=True)
+        run.add_argument("--plan", choices=["evaluate"], default="evaluate")
+        run.add_argument("--suite", action="append", dest="suites", help="suite name (repeat)")
+        run.add_argument("--profile", choices=Profile.values, default=Profile.QUICK)
+        run.add_argument("--seed", type=int, default=0)
+        run.add_argument("--wait", action="store_true", help="wait until it finishes")
+        run.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
+        run.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def handle(self, *args, action: str, **options):
+        checkpoint = Checkpoint.objects.filter(name=options["checkpoint"]).first()
+        if checkpoint is None:
+            names = ", ".join(Checkpoint.objects.values_list("name", flat=True)) or "none"
+            raise CommandError(
+                f"No checkpoint named {options['checkpoint']!r} (registered: {names}).",
+                returncode=2,
+            )
+        suites = self._suites(options["suites"])
+        audit = audit_create(
+            checkpoint=checkpoint, suites=suites, profile=options["profile"], seed=options["seed"]
+        )
+        if not options["wait"]:
+            self._print(audit, options["json"])
+            return
+        deadline = time.monotonic() + options["timeout"]
+        while audit.status not in FINISHED:
+            if time.monotonic() > deadline:
+                raise CommandError(f"Audit {audit.pk} did not finish in time.", returncode=3)
+            time.sleep(1)
+            audit.refresh_from_db()
+        self._print(audit, options["json"])
+        if audit.status != Status.SUCCEEDED:
+            errors = "; ".join(e for e in audit.runs.values_list("error", flat=True) if e)
+            raise CommandError(f"Audit {audit.pk} {audit.status}: {errors}", returncode=1)
+
+    def _suites(self, names: list[str] | None) -> list[Suite]:
+        latest: dict[str, Suite] = {}
+        for suite in Suite.objects.order_by("name", "-version"):
+            latest.setdefault(suite.name, suite)
+        if not names:
+            return list(latest.values())
+        missing = [n for n in names if n not in latest]
+        if missing:
+            raise CommandError(
+                f"Unknown suite(s) {', '.join(missing)} (known: {', '.join(latest) or 'none'}).",
+                returncode=2,
+            )
+        return [latest[n] for n in names]
+
+    def _print(self, audit: Audit, as_json: bool) -> None:
+        scores = [
+            {
+                "domain": s.domain, "trait": s.trait, "family": s.family,
+                "condition": s.condition, "metric": s.metric, "value": s.value,
+                "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n,
+            }  # fmt: skip
+            for s in audit.scores.filter(domain="").order_by("trait", "metric")
+        ]
+        if as_json:
+            out = {"audit": audit.pk, "status": audit.status, "config_hash": audit.config_hash,
+                   "summary": scores}  # fmt: skip
+            self.stdout.write(json.dumps(out, indent=2, default=str))
+        else:
+            self.stdout.write(f"Audit {audit.pk}: {audit.status}")

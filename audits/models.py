@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from models_registry.models import Checkpoint
+
+DOMAINS = (
+    "health", "mental_health", "science", "education", "law", "personal_finance",
+    "engineering", "software", "customer_service", "civic_life", "relationships", "environment",
+)  # fmt: skip
+TRAITS = ("truthfulness", "humility", "openness_to_correction", "fairness", "human_welfare")
+FAMILIES = (
+    "deception", "sycophancy", "reward_hacking", "harmful_compliance", "over_refusal", "unfairness",
+)  # fmt: skip
+
+
+class Suite(models.Model):
+    """A versioned, content-hashed set of items."""
+
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64)
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=200)
+    license = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="suite_name_version"),
+            models.UniqueConstraint(fields=["name", "content_hash"], name="suite_name_hash"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class Item(models.Model):
+    suite = models.ForeignKey(Suite, on_delete=models.CASCADE, related_name="items")
+    item_id = models.CharField(max_length=200)
+    split = models.CharField(max_length=10)
+    domain = models.CharField(max_length=50)
+    trait = models.CharField(max_length=50, blank=True)
+    family = models.CharField(max_length=50, blank=True)
+    kind = models.CharField(max_length=20)
+    messages = models.JSONField()
+    chosen = models.TextField(blank=True)
+    rejected = models.TextField(blank=True)
+    rubric = models.JSONField(default=list)
+    tags = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["suite", "item_id"], name="item_unique_in_suite")
+        ]
+
+    def __str__(self) -> str:
+        return self.item_id
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+
+class Plan(models.TextChoices):
+    EVALUATE = "evaluate", "Evaluate only"
+
+
+class Profile(models.TextChoices):
+    QUICK = "quick", "Quick (CPU)"
+    STANDARD = "standard", "Standard (GPU)"
+
+
+class AuditQuerySet(models.QuerySet["Audit"]):
+    def for_user(self, user) -> AuditQuerySet:
+        """Every signed-in role reads audits; finer rules come with the roles work."""
+        return self if user.is_authenticated else self.none()
+
+
+class Audit(models.Model):
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="audits")
+    plan = models.CharField(max_length=30, choices=Plan.choices, default=Plan.EVALUATE)
+    suites = models.ManyToManyField(Suite, related_name="audits")
+    conditions = models.JSONField(default=list)
+    profile = models.CharField(max_length=20, choices=Profile.choices, default=Profile.QUICK)
+    seed = models.IntegerField(default=0)
+    config = models.JSONField(default=dict, help_text="canonical inputs behind config_hash")
+    config_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Audit {self.pk} of {self.checkpoint}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("audits:detail", args=[self.pk])
+
+    def refresh_status(self) -> None:
+        """An audit's status follows its runs."""
+        statuses = set(self.runs.values_list("status", flat=True))
+        if not statuses:
+            return
+        if statuses <= {Status.SUCCEEDED}:
+            status = Status.SUCCEEDED
+        elif Status.FAILED in statuses:
+            status = Status.FAILED
+        elif Status.CANCELLED in statuses and statuses <= set(FINISHED):
+            status = Status.CANCELLED
+        elif statuses & {Status.RUNNING, Status.SUCCEEDED}:
+            status = Status.RUNNING
+        else:
+            status = Status.QUEUED
+        self.status = status
+        self.finished_at = timezone.now() if status in FINISHED else None
+        self.save(update_fields=["status", "finished_at"])
+
+
+class RunKind(models.TextChoices):
+    EVALUATE = "evaluate"
+    TRAIN = "train"
+
+
+class Run(models.Model):
+    """One Celery task of an audit."""
+
+    audit = models.ForeignKey(Audit, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=20, choices=RunKind.choices)
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT, related_name="runs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=100, blank=True)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    device = models.CharField(max_length=50, blank=True)
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.pk}"
+
+    def log(self, line: str) -> None:
+        stamp = timezone.now().strftime("%H:%M:%S")
+        lines = (self.log_tail + f"{stamp} {line}\n").splitlines(keepends=True)
+        self.log_tail = "".join(lines[-50:])
+
+    def mark_started(self, device: str) -> None:
+        self.status = Status.RUNNING
+        self.attempts += 1
+        self.device = device
+        self.started_at = self.started_at or timezone.now()
+        self.heartbeat = timezone.now()
+        self.error = ""
+        self.log(f"attempt {self.attempts} started on {device}")
+        self.save()
+        self.audit.refresh_status()
+
+    def mark_finished(self, status: Status, error: str = "") -> None:
+        self.status = status
+        self.error = error
+        self.finished_at = timezone.now()
+        self.heartbeat = timezone.now()
+        self.log(f"{status}" + (f": {error}" if error else ""))
+        self.save()
+        self.audit.refresh_status()
+
+    @property
+    def percent(self) -> int:
+        if not self.progress_total:
+            return 100 if self.status == Status.SUCCEEDED else 0
+        return round(100 * self.progress_done / self.progress_total)
+
+
+class ItemResult(models.Model):
+    """One item x condition x checkpoint, scored by log-likelihood."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="item_results")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="results")
+    condition = models.CharField(max_length=100)
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE)
+    logp_chosen = models.FloatField()
+    logp_rejected = models.FloatField()
+    logp_chosen_unconditional = models.FloatField()
+    logp_rejected_unconditional = models.FloatField()
+    tokens_chosen = models.PositiveIntegerField()
+    tokens_rejected = models.PositiveIntegerField()
+    margin = models.FloatField(help_text="calibrated (PMI) margin, chosen minus rejected, nats")
+    margin_mean_token = models.FloatField(help_text="uncalibrated mean per-token margin, nats")
+    won = models.BooleanField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "item", "condition"], name="item_result_unique"
+            )
+        ]
+
+
+class Metric(models.TextChoices):
+    ACCURACY = "accuracy", "Accuracy (calibrated)"
+    MARGIN = "margin", "Mean calibrated margin (nats)"
+    MARGIN_MEAN_TOKEN = "margin_mean_token", "Mean per-token margin, uncalibrated (nats)"
+
+
+class Score(models.Model):
+    """(checkpoint, suite, domain, trait or family, condition, metric) -> value, 95% CI, n."""
+
+    audit = models.ForeignKey(Audit, on_delete=models.CASCADE, related_name="scores")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="scores")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="scores")
+    suite = models.ForeignKey(Suite, on_delete=models.CASCADE)
+    domain = models.CharField(max_length=50, blank=True)
+    trait = models.CharField(max_length=50, blank=True)
+    family = models.CharField(max_length=50, blank=True)
+    condition = models.CharField(max_length=100)
+    metric = models.CharField(max_length=30, choices=Metric.choices)
+    value = models.FloatField()
+    ci_low = models.FloatField()
+    ci_high = models.FloatField()
+    n = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "suite", "domain", "trait", "family", "condition", "metric"],
+                name="score_unique",
+            )
+        ]

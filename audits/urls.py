@@ -1,0 +1,12 @@
+from django.urls import path
+
+from audits import views
+
+app_name = "audits"
+urlpatterns = [
+    path("", views.audit_list, name="list"),
+    path("new/", views.audit_new, name="new"),
+    path("<int:audit_id>/", views.audit_detail, name="detail"),
+    path("<int:audit_id>/cancel/", views.audit_cancel, name="cancel"),
+    path("<int:audit_id>/heatmap.json", views.audit_heatmap_json, name="heatmap"),
+]

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from audits import progress
+from audits.forms import AuditForm
+from audits.heatmap import heatmap_data
+from audits.models import FINISHED, Audit, Metric
+from audits.services import audit_create
+from models_registry.roles import operator_required
+
+
+def _get_audit(request, audit_id: int) -> Audit:
+    return get_object_or_404(Audit.objects.for_user(request.user), pk=audit_id)
+
+
+def audit_list(request):
+    audits = Audit.objects.for_user(request.user).select_related("checkpoint", "created_by")
+    return render(request, "audits/list.html", {"audits": audits[:100]})
+
+
+@operator_required
+def audit_new(request):
+    initial = {"checkpoint": request.GET.get("checkpoint")}
+    form = AuditForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        audit = audit_create(
+            checkpoint=form.cleaned_data["checkpoint"],
+            suites=list(form.cleaned_data["suites"]),
+            profile=form.cleaned_data["profile"],
+            seed=form.cleaned_data["seed"],
+            user=request.user,
+        )
+        messages.success(request, f"Queued audit {audit.pk}.")
+        return redirect(audit)
+    return render(request, "audits/new.html", {"form": form})
+
+
+def audit_detail(request, audit_id: int):
+    audit = _get_audit(request, audit_id)
+    return render(
+        request,
+        "audits/detail.html",
+        {
+            "audit": audit,
+            "snapshot": progress.audit_snapshot(audit),
+            "suites": audit.suites.all(),
+            "metrics": Metric.choices,
+        },
+    )
+
+
+@require_POST
+@operator_required
+def audit_cancel(request, audit_id: int):
+    audit = _get_audit(request, audit_id)
+    if audit.status in FINISHED:
+        messages.info(request, f"Audit {audit.pk} has already {audit.status}.")
+    else:
+        audit.runs.exclude(status__in=FINISHED).update(cancel_requested=True)
+        messages.success(request, "Cancelling: the worker stops after its current batch.")
+    return redirect(audit)
+
+
+def audit_heatmap_json(request, audit_id: int):
+    audit = _get_audit(request, audit_id)
+    metric = request.GET.get("metric", Metric.MARGIN)
+    if metric not in Metric.values:
+        return JsonResponse(
+            {"error": f"unknown metric {metric!r}; use one of {', '.join(Metric.values)}"},
+            status=400,
+        )
+    return JsonResponse(heatmap_data(audit, metric))

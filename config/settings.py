@@ -1,0 +1,230 @@
+"""Keel's one settings file, driven by environment variables.
+
+With no variables set, Keel runs embedded: SQLite, a filesystem Celery broker
+and an in-process channel layer, all under ``KEEL_DATA_DIR``.  ``DATABASE_URL``
+switches to PostgreSQL and ``REDIS_URL`` to Redis (broker, results, channels).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+KEEL_VERSION = "0.1.0"
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={value!r}: use 1/0, true/false, yes/no or on/off")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a whole number") from None
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+KEEL_DATA_DIR = Path(os.environ.get("KEEL_DATA_DIR") or BASE_DIR / "data").resolve()
+KEEL_DATA_DIR.mkdir(parents=True, exist_ok=True)
+KEEL_MODELS_DIR = KEEL_DATA_DIR / "models"
+# Checkpoints may only be registered and loaded from under these folders.
+KEEL_CHECKPOINT_ROOTS = [
+    Path(p).expanduser().resolve()
+    for p in envlist("KEEL_CHECKPOINT_ROOTS", [str(KEEL_MODELS_DIR)])
+]
+
+
+def _secret_key() -> str:
+    """From the environment; else one made once for this data directory."""
+    if os.environ.get("KEEL_SECRET_KEY"):
+        return os.environ["KEEL_SECRET_KEY"]
+    key_file = KEEL_DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("KEEL_DEBUG", False)
+ALLOWED_HOSTS = envlist("KEEL_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("KEEL_CSRF_TRUSTED_ORIGINS", [])
+
+# Behind TLS (production): secure cookies, HSTS, redirect to https.
+KEEL_HTTPS = envbool("KEEL_HTTPS", False)
+SESSION_COOKIE_SECURE = KEEL_HTTPS
+CSRF_COOKIE_SECURE = KEEL_HTTPS
+SECURE_SSL_REDIRECT = KEEL_HTTPS
+SECURE_HSTS_SECONDS = 31_536_000 if KEEL_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = KEEL_HTTPS
+SECURE_HSTS_PRELOAD = KEEL_HTTPS
+if KEEL_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "models_registry",
+    "audits",
+    "gpu_tasks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "audits.context_processors.keel",
+            ],
+        },
+    },
+]
+
+# --- Database --------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": KEEL_DATA_DIR / "keel.sqlite3",
+            # The web server and the worker write concurrently: WAL lets readers
+            # go on while one writer holds the lock, IMMEDIATE avoids upgrade deadlocks.
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # A file, not memory, so a worker process can share the test database.
+            "TEST": {"NAME": str(KEEL_DATA_DIR / "test-keel.sqlite3")},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Broker, results and channel layer --------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_RESULT_BACKEND = REDIS_URL
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    _broker_dir = KEEL_DATA_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+    CELERY_RESULT_BACKEND = None
+    # Only carries messages inside one process; the progress consumer falls
+    # back to polling stored progress (see audits.consumers).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ROUTES = {
+    "gpu_tasks.tasks.evaluate_run": {"queue": "evaluate"},
+    "gpu_tasks.tasks.train_run": {"queue": "train"},
+}
+CELERY_TASK_DEFAULT_QUEUE = "evaluate"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Auth -----------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "audits:list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("KEEL_STATIC_ROOT") or BASE_DIR / "staticfiles")
+# plotly.js is served from the plotly package's own copy: no CDN, no vendored file.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/plotly", Path(importlib.util.find_spec("plotly").origin).parent / "package_data"),
+]
+# Serve straight from the source folders: the embedded mode needs no collectstatic.
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("KEEL_LOG_LEVEL", "INFO")},
+}
+
+# --- Keel -----------------------------------------------------------------
+# Items scored per forward batch are capped by this many tokens.
+KEEL_BATCH_TOKENS = envint("KEEL_BATCH_TOKENS", 4096)
+KEEL_DEFAULT_CHECKPOINT = "smollm2-135m-instruct"

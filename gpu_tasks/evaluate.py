@@ -1,0 +1,101 @@
+"""An evaluate run: score every item under every condition, write results in batches."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from django.conf import settings
+
+from audits import progress
+from audits.conditions import system_prompt
+from audits.models import FINISHED, Item, ItemResult, Run, Status
+from audits.scoring import scores_compute
+from gpu_tasks import progress as worker_progress
+from gpu_tasks.engine.devices import describe
+from gpu_tasks.engine.loading import load
+from gpu_tasks.engine.scoring import PairRequest, score_pairs
+from models_registry.inspection import resolve_under_roots
+
+log = logging.getLogger(__name__)
+ITEMS_PER_WRITE = 8
+RESULT_FIELDS = [
+    "checkpoint", "logp_chosen", "logp_rejected", "logp_chosen_unconditional",
+    "logp_rejected_unconditional", "tokens_chosen", "tokens_rejected", "margin",
+    "margin_mean_token", "won",
+]  # fmt: skip
+
+
+def run_evaluation(run_id: int) -> None:
+    run = Run.objects.select_related("audit", "checkpoint").get(pk=run_id)
+    if run.status in FINISHED:
+        log.info("run %s already %s; nothing to do", run.pk, run.status)
+        return
+    if run.cancel_requested:
+        run.mark_finished(Status.CANCELLED)
+        progress.publish(run.audit_id)
+        return
+    try:
+        _evaluate(run)
+    except Exception as exc:
+        log.exception("run %s failed", run.pk)
+        run.refresh_from_db()
+        run.mark_finished(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        progress.publish(run.audit_id)
+        raise
+
+
+def _evaluate(run: Run) -> None:
+    checkpoint = run.checkpoint
+    run.stage = "loading model"
+    loaded = load(resolve_under_roots(checkpoint.path), checkpoint.fingerprint)
+    run.mark_started(describe(loaded.device))
+    torch.manual_seed(run.audit.seed)
+
+    items = list(
+        Item.objects.filter(suite__in=run.audit.suites.all(), split="eval").order_by(
+            "suite_id", "item_id"
+        )
+    )
+    work = [(item, condition) for item in items for condition in run.audit.conditions]
+    stored = set(run.item_results.values_list("item_id", "condition"))
+    remaining = [(item, cond) for item, cond in work if (item.pk, cond) not in stored]
+    if stored:
+        run.log(f"resuming: {len(stored)} of {len(work)} already scored")
+    worker_progress.report(run, stage="scoring", done=len(stored), total=len(work))
+
+    for start in range(0, len(remaining), ITEMS_PER_WRITE):
+        if worker_progress.cancel_requested(run):
+            run.mark_finished(Status.CANCELLED)
+            progress.publish(run.audit_id)
+            return
+        chunk = remaining[start : start + ITEMS_PER_WRITE]
+        requests = [
+            PairRequest(item.messages, item.chosen, item.rejected, system_prompt(cond))
+            for item, cond in chunk
+        ]
+        scores = score_pairs(loaded, requests, batch_tokens=settings.KEEL_BATCH_TOKENS)
+        ItemResult.objects.bulk_create(
+            [
+                ItemResult(
+                    run=run, item=item, condition=cond, checkpoint=checkpoint,
+                    logp_chosen=s.logp_chosen, logp_rejected=s.logp_rejected,
+                    logp_chosen_unconditional=s.logp_chosen_unconditional,
+                    logp_rejected_unconditional=s.logp_rejected_unconditional,
+                    tokens_chosen=s.tokens_chosen, tokens_rejected=s.tokens_rejected,
+                    margin=s.margin, margin_mean_token=s.margin_mean_token, won=s.margin > 0,
+                )  # fmt: skip
+                for (item, cond), s in zip(chunk, scores, strict=True)
+            ],
+            update_conflicts=True,
+            unique_fields=["run", "item", "condition"],
+            update_fields=RESULT_FIELDS,
+        )
+        worker_progress.report(run, done=run.progress_done + len(chunk))
+
+    worker_progress.report(run, stage="aggregating")
+    count = scores_compute(run)
+    run.log(f"{len(work)} item results, {count} scores")
+    run.stage = "done"
+    run.mark_finished(Status.SUCCEEDED)
+    progress.publish(run.audit_id)

@@ -1,0 +1,12 @@
+"""Celery tasks: thin adapters that take an id and call the engine."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(acks_late=True)
+def evaluate_run(run_id: int) -> None:
+    from gpu_tasks.evaluate import run_evaluation
+
+    run_evaluation(run_id)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class CheckpointFormat(models.TextChoices):
+    HF = "hf", "Hugging Face folder (safetensors)"
+    GGUF = "gguf", "GGUF file"
+
+
+class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
+    def for_user(self, user) -> CheckpointQuerySet:
+        """Every signed-in role reads the registry."""
+        return self if user.is_authenticated else self.none()
+
+
+class Checkpoint(models.Model):
+    """A model on disk, registered once and immutable after."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    path = models.CharField(max_length=1000)
+    format = models.CharField(max_length=8, choices=CheckpointFormat.choices)
+    fingerprint = models.CharField(max_length=64, unique=True, help_text="sha256 of weight files")
+    architecture = models.CharField(max_length=100)
+    model_type = models.CharField(max_length=50)
+    parameter_count = models.BigIntegerField()
+    dtype = models.CharField(max_length=20)
+    has_chat_template = models.BooleanField()
+    tokenizer = models.CharField(max_length=200, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="variants"
+    )
+    tags = models.JSONField(default=list, blank=True)
+    notes = models.TextField(blank=True)
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    registered_at = models.DateTimeField(auto_now_add=True)
+
+    objects = CheckpointQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-registered_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("registry:detail", args=[self.name])
+
+    @property
+    def parameters_human(self) -> str:
+        n = self.parameter_count
+        for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if n >= size:
+                return f"{n / size:.1f}{unit}"
+        return str(n)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from models_registry.inspection import CheckpointError, inspect_checkpoint
+from models_registry.models import Checkpoint
+
+
+def validate_checkpoint_name(name: str) -> str:
+    if not name or slugify(name) != name:
+        raise CheckpointError(
+            f"Name {name!r} is not allowed: use lower-case letters, digits and hyphens "
+            f"(for example {slugify(name) or 'my-model-v2'!r})."
+        )
+    if Checkpoint.objects.filter(name=name).exists():
+        raise CheckpointError(f"A checkpoint named {name!r} already exists; choose another name.")
+    return name
+
+
+@transaction.atomic
+def checkpoint_register(
+    *, path: str | Path, name: str, user=None, notes: str = "", tags: list[str] | None = None
+) -> Checkpoint:
+    """Validate a checkpoint on disk and store it; on any error, store nothing."""
+    validate_checkpoint_name(name)
+    facts = inspect_checkpoint(path)
+    existing = Checkpoint.objects.filter(fingerprint=facts.fingerprint).first()
+    if existing is not None:
+        raise CheckpointError(
+            f"These weights are already registered as {existing.name!r} (fingerprint "
+            f"{facts.fingerprint[:12]}…). Use that checkpoint, or add an alias to it."
+        )
+    try:
+        return Checkpoint.objects.create(
+            name=name,
+            path=str(facts.path),
+            format=facts.format,
+            fingerprint=facts.fingerprint,
+            architecture=facts.architecture,
+            model_type=facts.model_type,
+            parameter_count=facts.parameter_count,
+            dtype=facts.dtype,
+            has_chat_template=facts.has_chat_template,
+            tokenizer=facts.tokenizer,
+            notes=notes,
+            tags=tags or [],
+            registered_by=user if user is not None and user.is_authenticated else None,
+        )
+    except IntegrityError:  # lost a race with a concurrent registration
+        raise CheckpointError(f"{name!r} or these weights were registered meanwhile.") from None
