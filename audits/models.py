@@ -217,10 +217,11 @@ class ItemResult(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["run", "item", "condition"], name="item_result_unique"
-            )
+            models.UniqueConstraint(fields=["run", "item", "condition"], name="item_result_unique")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.item} under {self.condition}: margin {self.margin:+.3f}"
 
 
 class Metric(models.TextChoices):
@@ -253,3 +254,7 @@ class Score(models.Model):
                 name="score_unique",
             )
         ]
+
+    def __str__(self) -> str:
+        where = "/".join(p for p in (self.domain, self.trait or self.family) if p) or "overall"
+        return f"{where} {self.condition} {self.metric} = {self.value:.3f} (n={self.n})"

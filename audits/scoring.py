@@ -34,9 +34,19 @@ def scores_compute(run: Run) -> int:
         }
         rows += [
             Score(
-                audit=run.audit, run=run, checkpoint=run.checkpoint, suite_id=suite_id,
-                domain=domain, trait=trait, family=family, condition=condition, metric=metric,
-                value=e.value, ci_low=e.ci_low, ci_high=e.ci_high, n=e.n,
+                audit=run.audit,
+                run=run,
+                checkpoint=run.checkpoint,
+                suite_id=suite_id,
+                domain=domain,
+                trait=trait,
+                family=family,
+                condition=condition,
+                metric=metric,
+                value=e.value,
+                ci_low=e.ci_low,
+                ci_high=e.ci_high,
+                n=e.n,
             )  # fmt: skip
             for metric, e in estimates.items()
         ]

@@ -172,7 +172,8 @@ def load_builtin_suites() -> list[Suite]:
         path = BUILTIN_DIR / filename
         parsed = parse_jsonl(path.read_text(encoding="utf-8"), str(path))
         suites.append(
-            suite_store(name=name, parsed=parsed, description=description, source=source,
-                        license=licence)  # fmt: skip
+            suite_store(
+                name=name, parsed=parsed, description=description, source=source, license=licence
+            )  # fmt: skip
         )
     return suites

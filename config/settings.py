@@ -51,8 +51,7 @@ KEEL_DATA_DIR.mkdir(parents=True, exist_ok=True)
 KEEL_MODELS_DIR = KEEL_DATA_DIR / "models"
 # Checkpoints may only be registered and loaded from under these folders.
 KEEL_CHECKPOINT_ROOTS = [
-    Path(p).expanduser().resolve()
-    for p in envlist("KEEL_CHECKPOINT_ROOTS", [str(KEEL_MODELS_DIR)])
+    Path(p).expanduser().resolve() for p in envlist("KEEL_CHECKPOINT_ROOTS", [str(KEEL_MODELS_DIR)])
 ]
 
 
@@ -140,16 +139,18 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": KEEL_DATA_DIR / "keel.sqlite3",
-            # The web server and the worker write concurrently: WAL lets readers
-            # go on while one writer holds the lock, IMMEDIATE avoids upgrade deadlocks.
-            "OPTIONS": {
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
             # A file, not memory, so a worker process can share the test database.
             "TEST": {"NAME": str(KEEL_DATA_DIR / "test-keel.sqlite3")},
         }
+    }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the worker write concurrently: WAL lets readers go on
+    # while one writer holds the lock; IMMEDIATE avoids lock-upgrade deadlocks.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -208,7 +209,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(os.environ.get("KEEL_STATIC_ROOT") or BASE_DIR / "staticfiles")
+STATIC_ROOT = Path(os.environ.get("KEEL_STATIC_ROOT") or KEEL_DATA_DIR / "static")
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # plotly.js is served from the plotly package's own copy: no CDN, no vendored file.
 STATICFILES_DIRS = [
     BASE_DIR / "static",

@@ -45,9 +45,40 @@ def run_evaluation(run_id: int) -> None:
         raise
 
 
+def _score_and_store(run: Run, loaded, chunk: list[tuple[Item, str]]) -> None:
+    requests = [
+        PairRequest(item.messages, item.chosen, item.rejected, system_prompt(cond))
+        for item, cond in chunk
+    ]
+    scores = score_pairs(loaded, requests, batch_tokens=settings.KEEL_BATCH_TOKENS)
+    ItemResult.objects.bulk_create(
+        [
+            ItemResult(
+                run=run,
+                item=item,
+                condition=cond,
+                checkpoint=run.checkpoint,
+                logp_chosen=s.logp_chosen,
+                logp_rejected=s.logp_rejected,
+                logp_chosen_unconditional=s.logp_chosen_unconditional,
+                logp_rejected_unconditional=s.logp_rejected_unconditional,
+                tokens_chosen=s.tokens_chosen,
+                tokens_rejected=s.tokens_rejected,
+                margin=s.margin,
+                margin_mean_token=s.margin_mean_token,
+                won=s.margin > 0,
+            )  # fmt: skip
+            for (item, cond), s in zip(chunk, scores, strict=True)
+        ],
+        update_conflicts=True,
+        unique_fields=["run", "item", "condition"],
+        update_fields=RESULT_FIELDS,
+    )
+
+
 def _evaluate(run: Run) -> None:
     checkpoint = run.checkpoint
-    run.stage = "loading model"
+    worker_progress.report(run, stage="loading model")
     loaded = load(resolve_under_roots(checkpoint.path), checkpoint.fingerprint)
     run.mark_started(describe(loaded.device))
     torch.manual_seed(run.audit.seed)
@@ -59,39 +90,23 @@ def _evaluate(run: Run) -> None:
     )
     work = [(item, condition) for item in items for condition in run.audit.conditions]
     stored = set(run.item_results.values_list("item_id", "condition"))
-    remaining = [(item, cond) for item, cond in work if (item.pk, cond) not in stored]
     if stored:
         run.log(f"resuming: {len(stored)} of {len(work)} already scored")
     worker_progress.report(run, stage="scoring", done=len(stored), total=len(work))
 
-    for start in range(0, len(remaining), ITEMS_PER_WRITE):
+    # Chunks are cut from the full work list, never from what remains, so a
+    # resumed run scores the same batches and ends with identical numbers.
+    for start in range(0, len(work), ITEMS_PER_WRITE):
+        chunk = work[start : start + ITEMS_PER_WRITE]
+        fresh = sum((item.pk, cond) not in stored for item, cond in chunk)
+        if not fresh:
+            continue
         if worker_progress.cancel_requested(run):
             run.mark_finished(Status.CANCELLED)
             progress.publish(run.audit_id)
             return
-        chunk = remaining[start : start + ITEMS_PER_WRITE]
-        requests = [
-            PairRequest(item.messages, item.chosen, item.rejected, system_prompt(cond))
-            for item, cond in chunk
-        ]
-        scores = score_pairs(loaded, requests, batch_tokens=settings.KEEL_BATCH_TOKENS)
-        ItemResult.objects.bulk_create(
-            [
-                ItemResult(
-                    run=run, item=item, condition=cond, checkpoint=checkpoint,
-                    logp_chosen=s.logp_chosen, logp_rejected=s.logp_rejected,
-                    logp_chosen_unconditional=s.logp_chosen_unconditional,
-                    logp_rejected_unconditional=s.logp_rejected_unconditional,
-                    tokens_chosen=s.tokens_chosen, tokens_rejected=s.tokens_rejected,
-                    margin=s.margin, margin_mean_token=s.margin_mean_token, won=s.margin > 0,
-                )  # fmt: skip
-                for (item, cond), s in zip(chunk, scores, strict=True)
-            ],
-            update_conflicts=True,
-            unique_fields=["run", "item", "condition"],
-            update_fields=RESULT_FIELDS,
-        )
-        worker_progress.report(run, done=run.progress_done + len(chunk))
+        _score_and_store(run, loaded, chunk)
+        worker_progress.report(run, done=run.progress_done + fresh)
 
     worker_progress.report(run, stage="aggregating")
     count = scores_compute(run)

@@ -45,8 +45,10 @@ class CheckpointAddForm(forms.ModelForm):
 class CheckpointAdmin(admin.ModelAdmin):
     list_display = ["name", "architecture", "parameter_count", "dtype", "format", "registered_at"]
     search_fields = ["name", "architecture", "fingerprint"]
-    readonly_fields = ["format", "fingerprint", "architecture", "model_type", "parameter_count",
-                       "dtype", "has_chat_template", "tokenizer", "registered_by", "registered_at"]  # fmt: skip
+    readonly_fields = [
+        "format", "fingerprint", "architecture", "model_type", "parameter_count", "dtype",
+        "has_chat_template", "tokenizer", "registered_by", "registered_at",
+    ]  # fmt: skip
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:

@@ -99,7 +99,9 @@ def _inspect_hf_dir(path: Path) -> CheckpointFacts:
             f"{path} has no tokenizer (none of {', '.join(sorted(TOKENIZER_FILES))}). "
             "Save the tokenizer beside the model (tokenizer.save_pretrained(folder))."
         )
-    tok_conf = _read_json(tokenizer_config, "tokenizer_config.json") if tokenizer_config.exists() else {}
+    tok_conf = {}
+    if tokenizer_config.exists():
+        tok_conf = _read_json(tokenizer_config, "tokenizer_config.json")
     has_template = bool(tok_conf.get("chat_template")) or (path / "chat_template.jinja").exists()
     return CheckpointFacts(
         path=path,

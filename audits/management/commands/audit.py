@@ -24,6 +24,7 @@ class Command(BaseCommand):
         run.add_argument("--wait", action="store_true", help="wait until it finishes")
         run.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
         run.add_argument("--json", action="store_true", help="print the result as JSON")
+        run.add_argument("--id-only", action="store_true", help="print only the audit's id")
 
     def handle(self, *args, action: str, **options):
         checkpoint = Checkpoint.objects.filter(name=options["checkpoint"]).first()
@@ -37,6 +38,9 @@ class Command(BaseCommand):
         audit = audit_create(
             checkpoint=checkpoint, suites=suites, profile=options["profile"], seed=options["seed"]
         )
+        if options["id_only"]:
+            self.stdout.write(str(audit.pk))
+            return
         if not options["wait"]:
             self._print(audit, options["json"])
             return
@@ -68,9 +72,15 @@ class Command(BaseCommand):
     def _print(self, audit: Audit, as_json: bool) -> None:
         scores = [
             {
-                "domain": s.domain, "trait": s.trait, "family": s.family,
-                "condition": s.condition, "metric": s.metric, "value": s.value,
-                "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n,
+                "domain": s.domain,
+                "trait": s.trait,
+                "family": s.family,
+                "condition": s.condition,
+                "metric": s.metric,
+                "value": s.value,
+                "ci_low": s.ci_low,
+                "ci_high": s.ci_high,
+                "n": s.n,
             }  # fmt: skip
             for s in audit.scores.filter(domain="").order_by("trait", "metric")
         ]

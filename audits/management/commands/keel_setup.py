@@ -23,7 +23,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, skip_model: bool, admin_user: str, **options):
         for suite in load_builtin_suites():
-            self.stdout.write(f"Suite {suite}: {suite.items.count()} items, {suite.content_hash[:12]}")
+            count, digest = suite.items.count(), suite.content_hash[:12]
+            self.stdout.write(f"Suite {suite}: {count} items, {digest}")
         if not skip_model:
             self._default_model()
         self._admin(admin_user)

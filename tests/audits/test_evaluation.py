@@ -1,0 +1,98 @@
+"""An evaluate run end to end inside the test process, on a tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import transaction
+
+from audits.models import ItemResult, Metric, Run, Score, Status
+from audits.services import audit_create
+from gpu_tasks.evaluate import run_evaluation
+
+
+@pytest.fixture
+def audit(tiny_checkpoint, starter_suite, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=7)
+    assert len(callbacks) == 1  # the run is queued only once the audit is committed
+    return audit
+
+
+def test_it_scores_every_item_and_stores_scores(audit):
+    run = audit.runs.get()
+    run_evaluation(run.pk)
+    run.refresh_from_db()
+    audit.refresh_from_db()
+    assert run.status == Status.SUCCEEDED
+    assert audit.status == Status.SUCCEEDED
+    assert (run.progress_done, run.progress_total) == (60, 60)
+    assert ItemResult.objects.filter(run=run).count() == 60
+    result = ItemResult.objects.filter(run=run).first()
+    assert result.won == (result.margin > 0)
+    overall = Score.objects.get(run=run, domain="", trait="", metric=Metric.ACCURACY)
+    assert overall.n == 60
+    assert overall.value == pytest.approx(ItemResult.objects.filter(run=run, won=True).count() / 60)
+    assert overall.ci_low < overall.value < overall.ci_high
+    cell = Score.objects.get(run=run, domain="health", trait="humility", metric=Metric.MARGIN)
+    assert cell.n == 1
+
+
+def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_checkpoint,
+                                                                 starter_suite):  # fmt: skip
+    first = audit.runs.get()
+    run_evaluation(first.pk)
+    expected = dict(ItemResult.objects.filter(run=first).values_list("item__item_id", "margin"))
+
+    second_audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=7)
+    second = second_audit.runs.get()
+    # Pretend a worker died after writing 10 results.
+    kept = ItemResult.objects.filter(run=first).order_by("item__item_id")[:10]
+    ItemResult.objects.bulk_create(
+        [
+            ItemResult(
+                **{
+                    f.name: getattr(r, f.name)
+                    for f in ItemResult._meta.fields
+                    if f.name not in ("id", "run")
+                },
+                run=second,
+            )
+            for r in kept
+        ]  # fmt: skip
+    )
+    Run.objects.filter(pk=second.pk).update(status=Status.RUNNING)
+    run_evaluation(second.pk)
+    second.refresh_from_db()
+    assert second.status == Status.SUCCEEDED
+    assert "resuming: 10 of 60 already scored" in second.log_tail
+    got = dict(ItemResult.objects.filter(run=second).values_list("item__item_id", "margin"))
+    assert got.keys() == expected.keys()
+    assert got == expected  # same batches, so bit-identical, not merely close
+
+
+def test_a_cancelled_run_stops_before_scoring(audit):
+    run = audit.runs.get()
+    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+    run_evaluation(run.pk)
+    run.refresh_from_db()
+    assert run.status == Status.CANCELLED
+    assert not ItemResult.objects.filter(run=run).exists()
+
+
+def test_a_checkpoint_moved_out_of_the_roots_fails_the_run_with_a_reason(audit, settings, tmp_path):
+    settings.KEEL_CHECKPOINT_ROOTS = [tmp_path]
+    run = audit.runs.get()
+    with pytest.raises(Exception, match="outside the allowed checkpoint folders"):
+        run_evaluation(run.pk)
+    run.refresh_from_db()
+    assert run.status == Status.FAILED
+    assert "outside the allowed checkpoint folders" in run.error
+
+
+def test_the_config_hash_changes_with_what_changes_results(tiny_checkpoint, starter_suite):
+    with transaction.atomic():
+        a = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=1)
+        b = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=1)
+        c = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=2)
+    assert a.config_hash == b.config_hash
+    assert a.config_hash != c.config_hash
