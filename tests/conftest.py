@@ -92,7 +92,8 @@ def scratch_dir(models_root):
 def make_user(username: str, role: str | None) -> User:
     user = User.objects.create_user(username=username, password="pw-for-tests-only")
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        # get_or_create: transactional tests flush the groups the data migration made
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     return user
 
 

@@ -1,0 +1,129 @@
+"""Pages: login everywhere, who may queue, what the audit page and its JSON show."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from audits.models import Audit, Status
+from gpu_tasks.evaluate import run_evaluation
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/", "/checkpoints/", "/checkpoints/register/", "/audits/", "/audits/new/", "/audits/1/",
+     "/audits/1/heatmap.json", "/checkpoints/anything/"],  # fmt: skip
+)
+def test_every_page_needs_a_login(client, db, url):
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response.url.startswith("/login/?next=")
+
+
+def test_the_login_page_and_static_files_are_public(client, db):
+    assert client.get("/login/").status_code == 200
+
+
+def test_a_viewer_reads_but_cannot_queue(client, viewer, tiny_checkpoint, starter_suite):
+    client.force_login(viewer)
+    assert client.get("/checkpoints/").status_code == 200
+    assert "tiny-llama" in client.get("/checkpoints/").content.decode()
+    assert client.get("/audits/new/").status_code == 403
+    response = client.post(
+        "/audits/new/",
+        {"checkpoint": "tiny-llama", "suites": [starter_suite.pk], "profile": "quick", "seed": 0},
+    )
+    assert response.status_code == 403
+    assert not Audit.objects.exists()
+
+
+def test_an_operator_queues_an_audit(
+    client, operator, tiny_checkpoint, starter_suite, django_capture_on_commit_callbacks
+):
+    client.force_login(operator)
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(
+            "/audits/new/",
+            {"checkpoint": "tiny-llama", "suites": [starter_suite.pk], "profile": "quick", "seed": 3},
+        )
+    audit = Audit.objects.get()
+    assert response.status_code == 302
+    assert response.url == f"/audits/{audit.pk}/"
+    assert audit.created_by == operator
+    assert audit.seed == 3
+    assert audit.runs.get().status == Status.QUEUED
+    assert len(callbacks) == 1
+
+
+def test_the_audit_form_explains_bad_input(client, operator, tiny_checkpoint, starter_suite):
+    client.force_login(operator)
+    response = client.post(
+        "/audits/new/", {"checkpoint": "no-such-model", "suites": [], "profile": "fast", "seed": -1}
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Select a valid choice. That choice is not one of the available choices." in page
+    assert "This field is required." in page
+    assert "Ensure this value is greater than or equal to 0." in page
+    assert not Audit.objects.exists()
+
+
+@pytest.fixture
+def finished_audit(tiny_checkpoint, starter_suite, operator):
+    from audits.services import audit_create
+
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], user=operator)
+    run_evaluation(audit.runs.get().pk)
+    return audit
+
+
+def test_the_audit_page_embeds_its_progress_and_loads_plotly_locally(client, viewer,
+                                                                     finished_audit):  # fmt: skip
+    client.force_login(viewer)
+    page = client.get(f"/audits/{finished_audit.pk}/").content.decode()
+    assert '<script id="snapshot" type="application/json">' in page
+    assert '"status": "succeeded"' in page
+    assert "/static/vendor/plotly/plotly.min.js" in page
+    assert "cdn" not in page.lower()
+    assert client.get("/static/vendor/plotly/plotly.min.js").status_code == 200
+    assert finished_audit.config_hash in page
+
+
+def test_the_heatmap_json_has_a_cell_per_domain_and_trait(client, viewer, finished_audit):
+    client.force_login(viewer)
+    data = client.get(f"/audits/{finished_audit.pk}/heatmap.json?metric=accuracy").json()
+    assert len(data["traits"]) == 5 and len(data["domains"]) == 12
+    assert all(v in (0.0, 1.0) for row in data["z"] for v in row)  # one item per cell
+    assert all(n == 1 for row in data["n"] for n in row)
+    assert data["ci_low"][0][0] is not None  # Wilson is defined even for one item
+
+
+def test_the_heatmap_json_refuses_an_unknown_metric(client, viewer, finished_audit):
+    client.force_login(viewer)
+    response = client.get(f"/audits/{finished_audit.pk}/heatmap.json?metric=vibes")
+    assert response.status_code == 400
+    assert "unknown metric 'vibes'" in response.json()["error"]
+
+
+def test_an_unknown_audit_is_404(client, viewer):
+    client.force_login(viewer)
+    assert client.get("/audits/999/").status_code == 404
+
+
+def test_cancel_marks_unfinished_runs(client, operator, tiny_checkpoint, starter_suite):
+    from audits.services import audit_create
+
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite])
+    client.force_login(operator)
+    response = client.post(reverse("audits:cancel", args=[audit.pk]))
+    assert response.status_code == 302
+    assert audit.runs.get().cancel_requested is True
+
+
+def test_a_viewer_cannot_cancel(client, viewer, tiny_checkpoint, starter_suite):
+    from audits.services import audit_create
+
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite])
+    client.force_login(viewer)
+    assert client.post(reverse("audits:cancel", args=[audit.pk])).status_code == 403
+    assert audit.runs.get().cancel_requested is False
