@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from audits.conditions import NEUTRAL
+from audits.metrics import finite_or_none
 from audits.models import DOMAINS, TRAITS, Audit, Metric
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def heatmap_data(audit: Audit, metric: str) -> dict:
@@ -19,8 +14,8 @@ def heatmap_data(audit: Audit, metric: str) -> dict:
     for trait in TRAITS:
         row = [cells.get((domain, trait)) for domain in DOMAINS]
         z.append([s.value if s else None for s in row])
-        low.append([_finite(s.ci_low) if s else None for s in row])
-        high.append([_finite(s.ci_high) if s else None for s in row])
+        low.append([finite_or_none(s.ci_low) if s else None for s in row])
+        high.append([finite_or_none(s.ci_high) if s else None for s in row])
         n.append([s.n if s else 0 for s in row])
     return {
         "metric": metric,

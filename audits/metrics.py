@@ -19,6 +19,11 @@ class Estimate:
     n: int
 
 
+def finite_or_none(x: float) -> float | None:
+    """JSON has no infinity: an interval that one item cannot bound becomes null."""
+    return x if math.isfinite(x) else None
+
+
 def wilson(successes: int, n: int) -> Estimate:
     """Proportion with its Wilson score interval, honest at 0% and 100%."""
     if n == 0:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from gpu_tasks.engine.devices import best_device, best_dtype
 
@@ -32,6 +33,7 @@ def load(path: str | Path, fingerprint: str) -> LoadedModel:
 
 
 def _load(path: Path) -> LoadedModel:
+    hf_logging.disable_progress_bar()  # progress bars flood worker logs
     device = best_device()
     dtype = best_dtype(device)
     if path.suffix.lower() == ".gguf":

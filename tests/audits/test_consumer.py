@@ -100,7 +100,7 @@ def test_it_polls_stored_progress_when_the_layer_cannot_cross_processes(viewer, 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (full mode)")
 def test_an_idle_socket_survives_redis_read_timeouts(viewer, audit):
-    """redis-py 8 drops reads after 5 s unless told otherwise; a quiet run must not kill the socket."""
+    """redis-py 8 drops reads after 5 s unless told otherwise; a quiet run must not kill it."""
     run = audit.runs.get()
 
     async def scenario():

@@ -11,8 +11,16 @@ from gpu_tasks.evaluate import run_evaluation
 
 @pytest.mark.parametrize(
     "url",
-    ["/", "/checkpoints/", "/checkpoints/register/", "/audits/", "/audits/new/", "/audits/1/",
-     "/audits/1/heatmap.json", "/checkpoints/anything/"],  # fmt: skip
+    [
+        "/",
+        "/checkpoints/",
+        "/checkpoints/register/",
+        "/audits/",
+        "/audits/new/",
+        "/audits/1/",
+        "/audits/1/heatmap.json",
+        "/checkpoints/anything/",
+    ],  # fmt: skip
 )
 def test_every_page_needs_a_login(client, db, url):
     response = client.get(url)
@@ -44,7 +52,12 @@ def test_an_operator_queues_an_audit(
     with django_capture_on_commit_callbacks() as callbacks:
         response = client.post(
             "/audits/new/",
-            {"checkpoint": "tiny-llama", "suites": [starter_suite.pk], "profile": "quick", "seed": 3},
+            {
+                "checkpoint": "tiny-llama",
+                "suites": [starter_suite.pk],
+                "profile": "quick",
+                "seed": 3,
+            },  # fmt: skip
         )
     audit = Audit.objects.get()
     assert response.status_code == 302

@@ -34,8 +34,12 @@ def test_an_audit_queued_in_the_browser_is_run_by_the_worker(
     client.force_login(operator)
     response = client.post(
         "/audits/new/",
-        {"checkpoint": tiny_checkpoint.name, "suites": [starter_suite.pk], "profile": "quick",
-         "seed": 0},  # fmt: skip
+        {
+            "checkpoint": tiny_checkpoint.name,
+            "suites": [starter_suite.pk],
+            "profile": "quick",
+            "seed": 0,
+        },  # fmt: skip
     )
     assert response.status_code == 302
     audit = Audit.objects.get()

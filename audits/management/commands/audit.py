@@ -5,6 +5,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audits.metrics import finite_or_none
 from audits.models import FINISHED, Audit, Profile, Status, Suite
 from audits.services import audit_create
 from models_registry.models import Checkpoint
@@ -78,8 +79,8 @@ class Command(BaseCommand):
                 "condition": s.condition,
                 "metric": s.metric,
                 "value": s.value,
-                "ci_low": s.ci_low,
-                "ci_high": s.ci_high,
+                "ci_low": finite_or_none(s.ci_low),
+                "ci_high": finite_or_none(s.ci_high),
                 "n": s.n,
             }  # fmt: skip
             for s in audit.scores.filter(domain="").order_by("trait", "metric")
@@ -87,6 +88,6 @@ class Command(BaseCommand):
         if as_json:
             out = {"audit": audit.pk, "status": audit.status, "config_hash": audit.config_hash,
                    "summary": scores}  # fmt: skip
-            self.stdout.write(json.dumps(out, indent=2, default=str))
+            self.stdout.write(json.dumps(out, indent=2, default=str, allow_nan=False))
         else:
             self.stdout.write(f"Audit {audit.pk}: {audit.status}")
