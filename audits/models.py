@@ -17,6 +17,12 @@ FAMILIES = (
 )  # fmt: skip
 
 
+class SuiteQuerySet(models.QuerySet["Suite"]):
+    def newest_versions(self) -> SuiteQuerySet:
+        newest = Suite.objects.filter(name=models.OuterRef("name")).order_by("-version")
+        return self.filter(pk=models.Subquery(newest.values("pk")[:1]))
+
+
 class Suite(models.Model):
     """A versioned, content-hashed set of items."""
 
@@ -26,7 +32,12 @@ class Suite(models.Model):
     description = models.TextField(blank=True)
     source = models.CharField(max_length=200)
     license = models.CharField(max_length=100)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SuiteQuerySet.as_manager()
 
     class Meta:
         ordering = ["name", "-version"]
@@ -52,6 +63,8 @@ class Item(models.Model):
     rejected = models.TextField(blank=True)
     rubric = models.JSONField(default=list)
     tags = models.JSONField(default=list)
+    source = models.CharField(max_length=200, blank=True)
+    license = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -1,37 +1,41 @@
-"""The item format of DESIGN.md: validation, loading from .jsonl, content hashes."""
+"""The item format of DESIGN.md: validation, parsing (JSONL and CSV), hashes, storage.
+
+Every problem in a file is reported with its line number, and a file with any
+problem stores nothing.
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 
+from audits.conditions import HELPFUL, condition_of
 from audits.models import DOMAINS, FAMILIES, TRAITS, Item, Suite
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "suites"
-BUILTIN_SUITES = {
-    # name: (file, description, source, licence)
-    "starter": (
-        "starter.jsonl",
-        "Starter beneficial-conversations suite: one held-out item per domain and trait.",
-        "keel",
-        "Apache-2.0",
-    ),
-}
+GENERAL = "general"  # third-party sets that belong to no single domain
 ROLES = {"system", "user", "assistant"}
+KINDS = ("benefit", "misalignment", "instruction")
+KEYS = ("id", "split", "domain", "trait", "family", "kind", "messages", "chosen", "rejected",
+        "rubric", "tags", "source", "license")  # fmt: skip
+CSV_REQUIRED = ("id", "split", "domain", "kind", "chosen", "rejected")
 
 
 class SuiteError(ValueError):
     """A suite file with problems; ``problems`` lists each with its line number."""
 
-    def __init__(self, path: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str]):
         self.problems = problems
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{path}: {len(problems)} problem(s); nothing was stored.\n{shown}{more}")
+        super().__init__(
+            f"{source}: {len(problems)} problem(s); nothing was stored.\n{shown}{more}"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,26 +48,22 @@ def validate_item(item: object) -> list[str]:
     """Everything wrong with one item, as short sentences."""
     if not isinstance(item, dict):
         return ["each line must be a JSON object"]
-    problems = []
-    for key in ("id", "split", "domain", "kind", "messages"):
-        if key not in item:
-            problems.append(f"missing {key!r}")
+    problems = [f"missing {key!r}" for key in ("id", "split", "domain", "kind", "messages")
+                if key not in item]  # fmt: skip
     if problems:
         return problems
-    if not isinstance(item["id"], str) or not item["id"].strip():
-        problems.append("'id' must be a non-empty string")
+    unknown = sorted(set(item) - set(KEYS))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(map(repr, unknown))}")
+    if not isinstance(item["id"], str) or not item["id"].strip() or len(item["id"]) > 200:
+        problems.append("'id' must be a non-empty string of at most 200 characters")
     if item["split"] not in ("train", "eval"):
         problems.append(f"'split' must be 'train' or 'eval', not {item['split']!r}")
-    if item["domain"] not in DOMAINS:
-        problems.append(f"unknown domain {item['domain']!r} (known: {', '.join(DOMAINS)})")
-    if item["kind"] == "benefit":
-        if item.get("trait") not in TRAITS:
-            problems.append(f"benefit items need a trait from {', '.join(TRAITS)}")
-    elif item["kind"] == "misalignment":
-        if item.get("family") not in FAMILIES:
-            problems.append(f"misalignment items need a family from {', '.join(FAMILIES)}")
-    else:
-        problems.append(f"'kind' must be 'benefit' or 'misalignment', not {item['kind']!r}")
+    if item["domain"] not in (*DOMAINS, GENERAL):
+        problems.append(
+            f"unknown domain {item['domain']!r} (use one of {', '.join(DOMAINS)}, or {GENERAL})"
+        )
+    problems += _kind_problems(item)
     problems += _message_problems(item["messages"])
     for reply in ("chosen", "rejected"):
         value = item.get(reply)
@@ -71,16 +71,35 @@ def validate_item(item: object) -> list[str]:
             problems.append(f"eval items need a non-empty {reply!r} reply")
         elif value is not None and not isinstance(value, str):
             problems.append(f"{reply!r} must be a string")
-    rubric = item.get("rubric", [])
+    if item.get("chosen") and item.get("chosen") == item.get("rejected"):
+        problems.append("'chosen' and 'rejected' are the same text")
+    rubric = item.get("rubric") or []
     if not isinstance(rubric, list) or not all(
         isinstance(r, dict) and isinstance(r.get("criterion"), str)
         and isinstance(r.get("weight"), int | float) and not isinstance(r.get("weight"), bool)
         for r in rubric
     ):  # fmt: skip
         problems.append("'rubric' must be a list of {criterion: text, weight: number}")
-    if not isinstance(item.get("tags", []), list):
-        problems.append("'tags' must be a list")
+    tags = item.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problems.append("'tags' must be a list of strings")
     return problems
+
+
+def _kind_problems(item: dict) -> list[str]:
+    kind = item["kind"]
+    if kind == "benefit" and item.get("trait") not in TRAITS:
+        return [f"benefit items need a trait from {', '.join(TRAITS)}"]
+    if kind == "misalignment" and item.get("family") not in FAMILIES:
+        return [f"misalignment items need a family from {', '.join(FAMILIES)}"]
+    if kind == "instruction":
+        name = condition_of(item.get("tags")) if isinstance(item.get("tags"), list) else None
+        if name not in HELPFUL:
+            known = ", ".join(HELPFUL)
+            return [f"instruction items need a tag condition:NAME, NAME one of {known}"]
+    if kind not in KINDS:
+        return [f"'kind' must be one of {', '.join(KINDS)}, not {kind!r}"]
+    return []
 
 
 def _message_problems(messages: object) -> list[str]:
@@ -96,29 +115,108 @@ def _message_problems(messages: object) -> list[str]:
 
 
 def parse_jsonl(text: str, source_name: str) -> ParsedSuite:
-    items: list[dict] = []
+    rows: list[tuple[int, object]] = []
     problems: list[str] = []
-    seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
+    return _check(rows, problems, source_name)
+
+
+def parse_csv(text: str, source_name: str) -> ParsedSuite:
+    """CSV with columns id, split, domain, trait, family, kind, chosen, rejected, and either
+    `messages` (JSON list) or `prompt` (one user turn); optional `rubric` (JSON list) and
+    `tags` (separated by ';')."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in CSV_REQUIRED if c not in header]
+    if "messages" not in header and "prompt" not in header:
+        missing.append("messages or prompt")
+    if missing:
+        raise SuiteError(source_name, [f"line 1: the header lacks column(s) {', '.join(missing)}"])
+    rows: list[tuple[int, object]] = []
+    problems: list[str] = []
+    last_line = reader.line_num  # the header's; a quoted field may span several lines
+    for row in reader:
+        line_no, last_line = last_line + 1, reader.line_num
+        try:
+            rows.append((line_no, _item_from_csv(row)))
+        except ValueError as exc:
+            problems.append(f"line {line_no}: {exc}")
+    return _check(rows, problems, source_name)
+
+
+def _item_from_csv(row: dict) -> dict:
+    if None in row:
+        raise ValueError("more fields than the header has columns")
+    item: dict = {k: (row.get(k) or None) for k in ("id", "split", "domain", "trait", "family",
+                                                     "kind", "chosen", "rejected")}  # fmt: skip
+    if row.get("messages"):
+        try:
+            item["messages"] = json.loads(row["messages"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'messages' is not valid JSON ({exc.msg})") from None
+    else:
+        item["messages"] = [{"role": "user", "content": row.get("prompt") or ""}]
+    if row.get("rubric"):
+        try:
+            item["rubric"] = json.loads(row["rubric"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'rubric' is not valid JSON ({exc.msg})") from None
+    item["tags"] = [t.strip() for t in (row.get("tags") or "").split(";") if t.strip()]
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def _check(rows: list[tuple[int, object]], problems: list[str], source: str) -> ParsedSuite:
+    limit = settings.KEEL_SUITE_MAX_ITEMS
+    if len(rows) > limit:
+        raise SuiteError(source, [f"{len(rows)} items is over the limit of {limit} "
+                                  "(KEEL_SUITE_MAX_ITEMS)"])  # fmt: skip
+    items: list[dict] = []
+    seen: dict[str, int] = {}
+    for number, item in rows:
         item_problems = validate_item(item)
         problems += [f"line {number}: {p}" for p in item_problems]
-        if not item_problems:
-            if item["id"] in seen:
-                problems.append(f"line {number}: id {item['id']!r} repeats line {seen[item['id']]}")
-            seen[item["id"]] = number
-            items.append(item)
-    if not items and not problems:
+        if item_problems:
+            continue
+        if item["id"] in seen:
+            problems.append(f"line {number}: id {item['id']!r} repeats line {seen[item['id']]}")
+        seen[item["id"]] = number
+        items.append(item)
+    if not rows and not problems:
         problems.append("the file holds no items")
     if problems:
-        raise SuiteError(source_name, problems)
+        raise SuiteError(source, sorted(problems, key=_line_number))
     return ParsedSuite(items=items, content_hash=content_hash(items))
+
+
+def _line_number(problem: str) -> int:
+    try:
+        return int(problem.split(":", 1)[0].removeprefix("line "))
+    except ValueError:
+        return 0
+
+
+def parse_file(data: bytes, filename: str) -> ParsedSuite:
+    """Parse an uploaded or local suite file, by its extension (.jsonl or .csv)."""
+    limit = settings.KEEL_SUITE_MAX_BYTES
+    if len(data) > limit:
+        raise SuiteError(filename, [f"the file is {len(data):,} bytes, over the limit of "
+                                    f"{limit:,} (KEEL_SUITE_MAX_BYTES)"])  # fmt: skip
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(filename, [f"the file is not UTF-8 text (byte {exc.start})"]) from None
+    lower = filename.lower()
+    if lower.endswith((".jsonl", ".ndjson")):
+        return parse_jsonl(text, filename)
+    if lower.endswith(".csv"):
+        return parse_csv(text, filename)
+    raise SuiteError(filename, ["the file must end in .jsonl or .csv"])
 
 
 def content_hash(items: list[dict]) -> str:
@@ -132,7 +230,7 @@ def content_hash(items: list[dict]) -> str:
 
 @transaction.atomic
 def suite_store(*, name: str, parsed: ParsedSuite, description: str, source: str,
-                license: str) -> Suite:  # fmt: skip
+                license: str, user=None) -> Suite:  # fmt: skip
     """Store a suite version; an unchanged suite returns the version already stored."""
     existing = Suite.objects.filter(name=name, content_hash=parsed.content_hash).first()
     if existing is not None:
@@ -145,6 +243,7 @@ def suite_store(*, name: str, parsed: ParsedSuite, description: str, source: str
         description=description,
         source=source,
         license=license,
+        created_by=user if user is not None and user.is_authenticated else None,
     )
     Item.objects.bulk_create(
         Item(
@@ -158,22 +257,21 @@ def suite_store(*, name: str, parsed: ParsedSuite, description: str, source: str
             messages=i["messages"],
             chosen=i.get("chosen") or "",
             rejected=i.get("rejected") or "",
-            rubric=i.get("rubric", []),
-            tags=i.get("tags", []),
+            rubric=i.get("rubric") or [],
+            tags=i.get("tags") or [],
+            source=i.get("source") or source,
+            license=i.get("license") or license,
         )
         for i in parsed.items
     )
     return suite
 
 
-def load_builtin_suites() -> list[Suite]:
-    suites = []
-    for name, (filename, description, source, licence) in BUILTIN_SUITES.items():
-        path = BUILTIN_DIR / filename
-        parsed = parse_jsonl(path.read_text(encoding="utf-8"), str(path))
-        suites.append(
-            suite_store(
-                name=name, parsed=parsed, description=description, source=source, license=licence
-            )  # fmt: skip
-        )
-    return suites
+def item_to_dict(item: Item) -> dict:
+    """An item back in the file format, keys in their documented order."""
+    return {
+        "id": item.item_id, "split": item.split, "domain": item.domain,
+        "trait": item.trait or None, "family": item.family or None, "kind": item.kind,
+        "messages": item.messages, "chosen": item.chosen, "rejected": item.rejected,
+        "rubric": item.rubric, "tags": item.tags, "source": item.source, "license": item.license,
+    }  # fmt: skip

@@ -30,6 +30,7 @@ def audit_new(request):
         audit = audit_create(
             checkpoint=form.cleaned_data["checkpoint"],
             suites=list(form.cleaned_data["suites"]),
+            conditions=form.cleaned_data["conditions"],
             profile=form.cleaned_data["profile"],
             seed=form.cleaned_data["seed"],
             user=request.user,

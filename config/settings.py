@@ -232,3 +232,6 @@ LOGGING = {
 # Items scored per forward batch are capped by this many tokens.
 KEEL_BATCH_TOKENS = envint("KEEL_BATCH_TOKENS", 4096)
 KEEL_DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
+# Limits on suite files a user imports.
+KEEL_SUITE_MAX_BYTES = envint("KEEL_SUITE_MAX_BYTES", 20 * 1024 * 1024)
+KEEL_SUITE_MAX_ITEMS = envint("KEEL_SUITE_MAX_ITEMS", 20_000)

@@ -9,5 +9,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("checkpoints/", include("models_registry.urls")),
     path("audits/", include("audits.urls")),
+    path("suites/", include("audits.suite_urls")),
     path("admin/", admin.site.urls),
 ]

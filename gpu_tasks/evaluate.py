@@ -8,7 +8,7 @@ import torch
 from django.conf import settings
 
 from audits import progress
-from audits.conditions import system_prompt
+from audits.conditions import conditions_for, system_prompt
 from audits.models import FINISHED, Item, ItemResult, Run, Status
 from audits.scoring import scores_compute
 from gpu_tasks import progress as worker_progress
@@ -88,7 +88,11 @@ def _evaluate(run: Run) -> None:
             "suite_id", "item_id"
         )
     )
-    work = [(item, condition) for item in items for condition in run.audit.conditions]
+    work = [
+        (item, condition)
+        for item in items
+        for condition in conditions_for(item.kind, item.tags, run.audit.conditions)
+    ]
     stored = set(run.item_results.values_list("item_id", "condition"))
     if stored:
         run.log(f"resuming: {len(stored)} of {len(work)} already scored")

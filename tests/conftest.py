@@ -119,9 +119,9 @@ def site_admin(db) -> User:
 
 @pytest.fixture
 def starter_suite(db):
-    from audits.suite_io import load_builtin_suites
+    from audits.builtin import load_keel_suite
 
-    return load_builtin_suites()[0]
+    return load_keel_suite("starter")
 
 
 @pytest.fixture

@@ -32,22 +32,30 @@ def load(path: str | Path, fingerprint: str) -> LoadedModel:
     return _cache[key]
 
 
+def _source(path: Path) -> tuple[Path, dict]:
+    if path.suffix.lower() == ".gguf":
+        return path.parent, {"gguf_file": path.name}
+    return path, {}
+
+
+def load_tokenizer(path: str | Path):
+    source, kwargs = _source(Path(path))
+    return AutoTokenizer.from_pretrained(
+        source, trust_remote_code=False, local_files_only=True, **kwargs
+    )
+
+
 def _load(path: Path) -> LoadedModel:
     hf_logging.disable_progress_bar()  # progress bars flood worker logs
     device = best_device()
     dtype = best_dtype(device)
-    if path.suffix.lower() == ".gguf":
-        kwargs = {"gguf_file": path.name}
-        source = path.parent
-    else:
-        kwargs = {"use_safetensors": True}
-        source = path
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, trust_remote_code=False, local_files_only=True, **kwargs
-    )
+    source, kwargs = _source(path)
+    tokenizer = load_tokenizer(path)
+    gguf = bool(kwargs)  # a GGUF is its own format; a folder must hold safetensors
     model = AutoModelForCausalLM.from_pretrained(
-        source, trust_remote_code=False, local_files_only=True, dtype=dtype, **kwargs
-    )
+        source, trust_remote_code=False, local_files_only=True, dtype=dtype,
+        use_safetensors=None if gguf else True, **kwargs,
+    )  # fmt: skip
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -46,15 +46,19 @@ class PairScore:
         return self.logp_chosen / self.tokens_chosen - self.logp_rejected / self.tokens_rejected
 
 
-def render_prompt(tokenizer, messages: list[dict], system: str | None) -> list[int]:
-    """Token ids of the conversation up to where the assistant's reply starts."""
+def render_prompt_text(tokenizer, messages: list[dict], system: str | None = None) -> str:
+    """The conversation as text, up to where the assistant's reply starts."""
     if system:
         messages = [{"role": "system", "content": system}, *messages]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:  # base models: a plain transcript
-        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-        text += "Assistant:"
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # base models: a plain transcript
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+
+
+def render_prompt(tokenizer, messages: list[dict], system: str | None) -> list[int]:
+    """Token ids of the conversation up to where the assistant's reply starts."""
+    text = render_prompt_text(tokenizer, messages, system)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

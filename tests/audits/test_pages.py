@@ -57,6 +57,7 @@ def test_an_operator_queues_an_audit(
                 "suites": [starter_suite.pk],
                 "profile": "quick",
                 "seed": 3,
+                "conditions": ["neutral", "flattery"],
             },  # fmt: skip
         )
     audit = Audit.objects.get()
@@ -64,6 +65,8 @@ def test_an_operator_queues_an_audit(
     assert response.url == f"/audits/{audit.pk}/"
     assert audit.created_by == operator
     assert audit.seed == 3
+    assert audit.conditions == ["neutral", "flattery"]
+    assert audit.config["conditions"] == ["flattery", "neutral"]
     assert audit.runs.get().status == Status.QUEUED
     assert len(callbacks) == 1
 
@@ -140,3 +143,15 @@ def test_a_viewer_cannot_cancel(client, viewer, tiny_checkpoint, starter_suite):
     client.force_login(viewer)
     assert client.post(reverse("audits:cancel", args=[audit.pk])).status_code == 403
     assert audit.runs.get().cancel_requested is False
+
+
+def test_the_suites_pages_show_source_licence_and_items(client, viewer, starter_suite):
+    client.force_login(viewer)
+    page = client.get("/suites/").content.decode()
+    assert "starter" in page and "Apache-2.0" in page and starter_suite.content_hash[:12] in page
+    assert "sales_pressure" in page  # the steering conditions are listed
+    detail = client.get("/suites/starter/?domain=health").content.decode()
+    assert "health-humility-001" in detail
+    assert "law-humility-001" not in detail
+    assert client.get("/suites/no-such-suite/").status_code == 404
+    assert client.get("/suites/starter/?version=99").status_code == 404

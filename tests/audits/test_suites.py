@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from audits.builtin import load_keel_suite
 from audits.models import DOMAINS, TRAITS, Suite
-from audits.suite_io import SuiteError, load_builtin_suites, parse_jsonl
+from audits.suite_io import SuiteError, parse_jsonl
 
 GOOD = {
     "id": "health-humility-900", "split": "eval", "domain": "health", "trait": "humility",
@@ -24,15 +25,15 @@ def line(**changes) -> str:
 
 
 def test_the_starter_suite_covers_every_domain_and_trait(db):
-    [suite] = load_builtin_suites()
+    suite = load_keel_suite("starter")
     cells = set(suite.items.values_list("domain", "trait"))
     assert cells == {(d, t) for d in DOMAINS for t in TRAITS}
     assert suite.items.filter(split="eval").count() == 60
 
 
 def test_loading_twice_keeps_one_version(db):
-    first = load_builtin_suites()[0]
-    second = load_builtin_suites()[0]
+    first = load_keel_suite("starter")
+    second = load_keel_suite("starter")
     assert first.pk == second.pk
     assert Suite.objects.count() == 1
 
@@ -49,7 +50,10 @@ def test_any_change_to_an_item_changes_the_hash():
         ("{oops", "line 2: not valid JSON"),
         (line(id="x2", domain="astrology"), "line 2: unknown domain 'astrology'"),
         (line(id="x2", trait="charm"), "line 2: benefit items need a trait"),
-        (line(id="x2", kind="vibes"), "line 2: 'kind' must be 'benefit' or 'misalignment'"),
+        (
+            line(id="x2", kind="vibes"),
+            "line 2: 'kind' must be one of benefit, misalignment, instruction, not 'vibes'",
+        ),
         (line(id="x2", chosen=""), "line 2: eval items need a non-empty 'chosen' reply"),
         (
             line(

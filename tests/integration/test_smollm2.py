@@ -7,9 +7,10 @@ import math
 import pytest
 from django.core.management import call_command
 
+from audits.builtin import SUITES_DIR
 from audits.models import ItemResult, Status
 from audits.services import audit_create
-from audits.suite_io import BUILTIN_DIR, parse_jsonl, suite_store
+from audits.suite_io import parse_jsonl, suite_store
 from gpu_tasks.engine.loading import load
 from gpu_tasks.engine.scoring import render_prompt
 from gpu_tasks.evaluate import run_evaluation
@@ -43,7 +44,7 @@ def test_set_up_twice_changes_nothing(default_checkpoint, capsys):
 
 
 def test_smollm2_scores_one_item_per_domain(default_checkpoint):
-    lines = (BUILTIN_DIR / "starter.jsonl").read_text().splitlines()
+    lines = (SUITES_DIR / "starter.jsonl").read_text().splitlines()
     truthfulness = "\n".join(line for line in lines if '"trait": "truthfulness"' in line)
     suite = suite_store(
         name="truthfulness-12", parsed=parse_jsonl(truthfulness, "subset"),

@@ -39,6 +39,7 @@ def test_an_audit_queued_in_the_browser_is_run_by_the_worker(
             "suites": [starter_suite.pk],
             "profile": "quick",
             "seed": 0,
+            "conditions": ["neutral"],
         },  # fmt: skip
     )
     assert response.status_code == 302

@@ -5,6 +5,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audits.builtin import DEMO_SUITE
 from audits.metrics import finite_or_none
 from audits.models import FINISHED, Audit, Profile, Status, Suite
 from audits.services import audit_create
@@ -19,7 +20,10 @@ class Command(BaseCommand):
         run = sub.add_parser("run", help="queue an audit")
         run.add_argument("--checkpoint", required=True)
         run.add_argument("--plan", choices=["evaluate"], default="evaluate")
-        run.add_argument("--suite", action="append", dest="suites", help="suite name (repeat)")
+        run.add_argument(
+            "--suite", action="append", dest="suites",
+            help=f"suite name, repeatable (default: {DEMO_SUITE})",
+        )  # fmt: skip
         run.add_argument("--profile", choices=Profile.values, default=Profile.QUICK)
         run.add_argument("--seed", type=int, default=0)
         run.add_argument("--wait", action="store_true", help="wait until it finishes")
@@ -57,11 +61,8 @@ class Command(BaseCommand):
             raise CommandError(f"Audit {audit.pk} {audit.status}: {errors}", returncode=1)
 
     def _suites(self, names: list[str] | None) -> list[Suite]:
-        latest: dict[str, Suite] = {}
-        for suite in Suite.objects.order_by("name", "-version"):
-            latest.setdefault(suite.name, suite)
-        if not names:
-            return list(latest.values())
+        latest = {suite.name: suite for suite in Suite.objects.newest_versions()}
+        names = names or [DEMO_SUITE]
         missing = [n for n in names if n not in latest]
         if missing:
             raise CommandError(

@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
-from audits.suite_io import load_builtin_suites
+from audits.builtin import load_builtin_suites
 from models_registry.inspection import CheckpointError
 from models_registry.models import Checkpoint
 from models_registry.roles import ADMIN
@@ -22,7 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--admin-user", default="admin")
 
     def handle(self, *args, skip_model: bool, admin_user: str, **options):
-        for suite in load_builtin_suites():
+        suites, skipped = load_builtin_suites()
+        for note in skipped:
+            self.stdout.write(f"Skipped suite {note}")
+        for suite in suites:
             count, digest = suite.items.count(), suite.content_hash[:12]
             self.stdout.write(f"Suite {suite}: {count} items, {digest}")
         if not skip_model:

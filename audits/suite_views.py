@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.shortcuts import get_object_or_404, render
+
+from audits.conditions import CONDITIONS
+from audits.models import Suite
+from audits.suite_stats import suite_stats
+
+FILTERS = ("split", "kind", "domain", "trait", "family")
+
+
+def suite_list(request):
+    suites = Suite.objects.newest_versions().annotate(n_items=Count("items")).order_by("name")
+    conditions = [c for c in CONDITIONS.values() if c.kind != "neutral"]
+    return render(request, "suites/list.html", {"suites": suites, "conditions": conditions})
+
+
+def suite_detail(request, name: str):
+    versions = Suite.objects.filter(name=name).order_by("-version")
+    version = request.GET.get("version", "")
+    suite = get_object_or_404(versions, version=int(version)) if version.isdigit() else None
+    suite = suite or get_object_or_404(versions[:1])
+    items = suite.items.order_by("item_id")
+    chosen = {f: request.GET.get(f, "") for f in FILTERS}
+    items = items.filter(**{f: v for f, v in chosen.items() if v})
+    page = Paginator(items, 25).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "suites/detail.html",
+        {
+            "suite": suite,
+            "versions": versions,
+            "stats": suite_stats(suite),
+            "page": page,
+            "filters": chosen,
+        },  # fmt: skip
+    )
