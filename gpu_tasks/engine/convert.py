@@ -31,6 +31,9 @@ def gguf_to_safetensors(gguf_path: Path, out_dir: Path) -> Path:
     so build a fresh model from its config and copy the weights across.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if (out_dir / "config.json").exists():
         return out_dir
