@@ -36,6 +36,11 @@ KEEL_SUITES = (
 KEEL_LICENSE = "Apache-2.0"
 
 
+def reserved_suite_names() -> set[str]:
+    """Names users may not import under, so a built-in suite is never shadowed."""
+    return {s.name for s in KEEL_SUITES} | {s.name for s in third_party.SUITES}
+
+
 def load_keel_suite(name: str) -> Suite:
     spec = next(s for s in KEEL_SUITES if s.name == name)
     path = SUITES_DIR / spec.file

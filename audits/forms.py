@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from django import forms
 
-from audits.builtin import DEMO_SUITE
+from audits.builtin import DEMO_SUITE, reserved_suite_names
 from audits.conditions import CONDITIONS, NEUTRAL
 from audits.models import Profile, Suite
+from audits.suite_io import SuiteError, check_size, parse_file, suite_store
 from models_registry.models import Checkpoint
 
 
@@ -30,3 +31,33 @@ class AuditForm(forms.Form):
         self.fields["suites"].queryset = newest
         demo = newest.filter(name=DEMO_SUITE).values_list("pk", flat=True)
         self.fields["suites"].initial = list(demo)
+
+
+class SuiteImportForm(forms.Form):
+    file = forms.FileField(help_text="A .jsonl or .csv file in Keel's item format.")
+    name = forms.SlugField(
+        max_length=100, help_text="Importing again under the same name adds a version."
+    )
+    license = forms.CharField(max_length=100, initial="unspecified")
+    source = forms.CharField(max_length=200, initial="user import")
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        if name in reserved_suite_names():
+            raise forms.ValidationError(f"{name!r} is a built-in suite's name; choose another.")
+        return name
+
+    def save(self, user):
+        """Validate the whole file and store it, or add every problem as a form error."""
+        upload = self.cleaned_data["file"]
+        try:
+            check_size(upload.size, upload.name)  # before reading it into memory
+            parsed = parse_file(upload.read(), upload.name)
+        except SuiteError as exc:
+            for problem in exc.problems:
+                self.add_error("file", problem)
+            return None
+        return suite_store(
+            name=self.cleaned_data["name"], parsed=parsed, description="",
+            source=self.cleaned_data["source"], license=self.cleaned_data["license"], user=user,
+        )  # fmt: skip

@@ -201,12 +201,16 @@ def _line_number(problem: str) -> int:
         return 0
 
 
+def check_size(size: int, filename: str) -> None:
+    limit = settings.KEEL_SUITE_MAX_BYTES
+    if size > limit:
+        raise SuiteError(filename, [f"the file is {size:,} bytes, over the limit of "
+                                    f"{limit:,} (KEEL_SUITE_MAX_BYTES)"])  # fmt: skip
+
+
 def parse_file(data: bytes, filename: str) -> ParsedSuite:
     """Parse an uploaded or local suite file, by its extension (.jsonl or .csv)."""
-    limit = settings.KEEL_SUITE_MAX_BYTES
-    if len(data) > limit:
-        raise SuiteError(filename, [f"the file is {len(data):,} bytes, over the limit of "
-                                    f"{limit:,} (KEEL_SUITE_MAX_BYTES)"])  # fmt: skip
+    check_size(len(data), filename)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

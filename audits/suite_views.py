@@ -1,14 +1,28 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 
 from audits.conditions import CONDITIONS
+from audits.forms import SuiteImportForm
 from audits.models import Suite
 from audits.suite_stats import suite_stats
+from models_registry.roles import operator_required
 
 FILTERS = ("split", "kind", "domain", "trait", "family")
+
+
+@operator_required
+def suite_import(request):
+    form = SuiteImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        suite = form.save(user=request.user)
+        if suite is not None:
+            messages.success(request, f"Stored {suite}: {suite.items.count()} items.")
+            return redirect("suites:detail", name=suite.name)
+    return render(request, "suites/import.html", {"form": form})
 
 
 def suite_list(request):

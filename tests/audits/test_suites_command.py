@@ -168,3 +168,48 @@ def test_stats_show_balance_and_length_bias(db, starter_suite):
     assert len(stats["by_domain_trait"]) == 60
     assert 0 <= stats["longer_reply_is_chosen"] <= 1
     assert "longer_reply_is_chosen" in run("stats", "starter")
+
+
+def test_an_operator_imports_a_suite_in_the_browser(client, operator, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(operator)
+    upload = SimpleUploadedFile("mine.jsonl", (json.dumps(GOOD) + "\n").encode())
+    response = client.post(
+        "/suites/import/", {"file": upload, "name": "mine", "license": "CC0", "source": "us"}
+    )
+    assert response.status_code == 302
+    suite = Suite.objects.get(name="mine")
+    assert (suite.license, suite.created_by) == ("CC0", operator)
+
+
+def test_the_browser_import_lists_every_problem_and_stores_nothing(client, operator):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(operator)
+    bad = json.dumps({**GOOD, "domain": "atlantis"}) + "\n{oops\n"
+    response = client.post(
+        "/suites/import/",
+        {
+            "file": SimpleUploadedFile("bad.jsonl", bad.encode()),
+            "name": "mine",
+            "license": "x",
+            "source": "y",
+        },  # fmt: skip
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "line 1: unknown domain &#x27;atlantis&#x27;" in page
+    assert "line 2: not valid JSON" in page
+    assert not Suite.objects.exists()
+
+
+def test_a_viewer_cannot_import(client, viewer):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(viewer)
+    upload = SimpleUploadedFile("mine.jsonl", (json.dumps(GOOD) + "\n").encode())
+    response = client.post("/suites/import/", {"file": upload, "name": "m", "license": "x",
+                                                "source": "y"})  # fmt: skip
+    assert response.status_code == 403
+    assert not Suite.objects.exists()

@@ -5,15 +5,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audits.builtin import KEEL_SUITES
+from audits.builtin import reserved_suite_names
 from audits.models import Suite
 from audits.suite_export import FORMATS, export_jsonl, export_lm_eval, export_trl
 from audits.suite_io import SuiteError, parse_file, suite_store
 from audits.suite_stats import suite_stats
-from audits.third_party import SUITES as THIRD_PARTY
 from models_registry.models import Checkpoint
-
-RESERVED = {s.name for s in KEEL_SUITES} | {s.name for s in THIRD_PARTY}
 
 
 def fail(message: str) -> CommandError:
@@ -70,7 +67,7 @@ class Command(BaseCommand):
         name = name or slugify(Path(file).stem)
         if not name or slugify(name) != name:
             raise fail(f"Suite name {name!r} is not allowed: use lower-case letters, digits, -.")
-        if name in RESERVED:
+        if name in reserved_suite_names():
             raise fail(f"{name!r} is a built-in suite's name; choose another with --name.")
         parsed = self._parse(file)
         before = Suite.objects.filter(name=name, content_hash=parsed.content_hash).first()
