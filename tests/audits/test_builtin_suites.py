@@ -73,3 +73,56 @@ def test_keel_suite_files_are_canonical(spec):
 
     for line in (SUITES_DIR / spec.file).read_text().splitlines():
         assert tuple(json.loads(line)) == KEYS
+
+
+def _read(name: str) -> list[dict]:
+    return [json.loads(line) for line in (SUITES_DIR / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_the_beneficial_suite_is_balanced_over_domains_and_traits():
+    from collections import Counter
+
+    from audits.models import DOMAINS, TRAITS
+
+    items = _read("beneficial")
+    train = Counter(i["domain"] for i in items if i["split"] == "train")
+    evals = Counter((i["domain"], i["trait"]) for i in items if i["split"] == "eval")
+    assert all(train[d] >= 15 for d in DOMAINS)
+    assert all(evals[(d, t)] >= 6 for d in DOMAINS for t in TRAITS)
+    assert all(i["rubric"] and any(r["weight"] < 0 for r in i["rubric"]) for i in items)
+    multi_turn = sum(len(i["messages"]) > 1 for i in items) / len(items)
+    assert multi_turn > 0.3
+
+
+def test_the_probes_cover_every_family_and_are_never_training_data():
+    from collections import Counter
+
+    from audits.models import FAMILIES
+
+    probes = _read("probes")
+    assert all(n >= 30 for n in Counter(i["family"] for i in probes).values())
+    assert set(Counter(i["family"] for i in probes)) == set(FAMILIES)
+    assert {i["split"] for i in probes} == {"eval"}
+
+
+def test_length_gives_the_answer_away_in_neither_direction():
+    for name in ("beneficial", "probes"):
+        items = _read(name)
+        longer = sum(len(i["chosen"].split()) > len(i["rejected"].split()) for i in items)
+        assert 0.35 < longer / len(items) < 0.65, name
+
+
+def test_no_eval_item_paraphrases_a_train_item():
+    """Word overlap of the conversations, Jaccard: paraphrases score far above 0.5."""
+    import re
+
+    def words(item):
+        text = " ".join(m["content"] for m in item["messages"])
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    items = _read("beneficial") + _read("probes")
+    train = [words(i) for i in items if i["split"] == "train"]
+    for item in (i for i in items if i["split"] == "eval"):
+        mine = words(item)
+        closest = max(len(mine & t) / len(mine | t) for t in train)
+        assert closest < 0.5, item["id"]
