@@ -29,24 +29,30 @@ def audit(tiny_checkpoint, starter_suite):
     return audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite])
 
 
-@pytest.mark.django_db(transaction=True)
-def test_an_anonymous_socket_is_refused(audit):
+@pytest.fixture
+def in_memory_layer(settings):
+    """Refusals are about who may connect, not about transport: no Redis needed."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+def assert_refused(user, audit_id: int) -> None:
     async def scenario():
-        comm = communicator(AnonymousUser(), audit.pk)
+        comm = communicator(user, audit_id)
         connected, code = await comm.connect()
-        assert not connected
-        assert code == 4403
+        assert (connected, code) == (False, 4403)
+        await comm.disconnect()  # as a server does after a close: the consumer must end
 
     async_to_sync(scenario)()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_unknown_audit_is_refused(viewer):
-    async def scenario():
-        connected, code = await communicator(viewer, 12345).connect()
-        assert (connected, code) == (False, 4403)
+def test_an_anonymous_socket_is_refused(audit, in_memory_layer):
+    assert_refused(AnonymousUser(), audit.pk)
 
-    async_to_sync(scenario)()
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unknown_audit_is_refused(viewer, in_memory_layer):
+    assert_refused(viewer, 12345)
 
 
 @pytest.mark.django_db(transaction=True)
