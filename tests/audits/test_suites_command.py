@@ -161,13 +161,38 @@ def test_lm_eval_export_renders_the_chat_template(db, tmp_path, starter_suite, t
     assert docs[0]["context"].endswith("<|im_start|>assistant\n")
 
 
-def test_stats_show_balance_and_length_bias(db, starter_suite):
-    stats = json.loads(run("stats", "starter", "--json"))
-    assert stats["items"] == 60
-    assert stats["by_domain"]["health"] == 5
-    assert len(stats["by_domain_trait"]) == 60
-    assert 0 <= stats["longer_reply_is_chosen"] <= 1
-    assert "longer_reply_is_chosen" in run("stats", "starter")
+def test_stats_report_balance_lengths_duplicates_and_baselines(db, tmp_path):
+    from audits.builtin import load_keel_suite
+
+    load_keel_suite("beneficial")
+    twin = {**GOOD, "id": "twin"}
+    near = {
+        **GOOD,
+        "id": "near",
+        "messages": [{"role": "user", "content": "Is this mole cancer??"}],
+    }
+    path = write_jsonl(tmp_path / "dupes.jsonl", GOOD, twin, near)
+    run("import", str(path), "--name", "dupes")
+    stats = json.loads(run("stats", "dupes", "--json"))
+    assert stats["by_split_domain_trait"] == {"eval/health/humility": 3}
+    assert stats["duplicates"]["same_conversation"] == 2  # punctuation aside, all three match
+    assert stats["duplicates"]["same_reply_text"] == 4
+    assert stats["length_ratio"]["median"] == pytest.approx(9 / 10)
+    baselines = stats["baselines"]
+    assert baselines["bag_of_words_trained_on"] == "beneficial v1 train split"
+    assert baselines["eval_pairs"] == 3
+    assert 0 <= baselines["bag_of_words_accuracy"] <= 1
+    assert baselines["longer_reply_accuracy"] == 0.0  # the beneficial reply is the shorter
+    assert "bag_of_words_accuracy" in run("stats", "dupes")
+
+
+def test_a_100_mb_file_is_refused_before_it_is_read(db, tmp_path):
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as f:
+        f.truncate(100 * 1024 * 1024)
+    message = refused("import", str(path), "--name", "huge")
+    assert "104,857,600 bytes, over the limit of 20,971,520 (KEEL_SUITE_MAX_BYTES)" in message
+    assert not Suite.objects.exists()
 
 
 def test_an_operator_imports_a_suite_in_the_browser(client, operator, tmp_path):

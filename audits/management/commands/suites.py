@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from audits.builtin import reserved_suite_names
 from audits.models import Suite
 from audits.suite_export import FORMATS, export_jsonl, export_lm_eval, export_trl
-from audits.suite_io import SuiteError, parse_file, suite_store
+from audits.suite_io import SuiteError, check_size, parse_file, suite_store
 from audits.suite_stats import suite_stats
 from models_registry.models import Checkpoint
 
@@ -104,6 +104,7 @@ class Command(BaseCommand):
         if not path.is_file():
             raise fail(f"{file} is not a file.")
         try:
+            check_size(path.stat().st_size, path.name)  # before reading it into memory
             return parse_file(path.read_bytes(), path.name)
         except SuiteError as exc:
             raise fail(str(exc)) from None
