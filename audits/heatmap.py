@@ -28,3 +28,16 @@ def heatmap_data(audit: Audit, metric: str) -> dict:
         "n": n,
         "centre": 0.5 if metric == Metric.ACCURACY else 0.0,
     }
+
+
+def summary_rows(audit: Audit) -> list[dict]:
+    """Per suite and condition: overall and per misalignment family, accuracy and margin."""
+    scores = audit.scores.filter(domain="", trait="").select_related("suite")
+    cells: dict[tuple, dict] = {}
+    for s in scores.order_by("suite__name", "condition", "family"):
+        row = cells.setdefault(
+            (s.suite.name, s.condition, s.family),
+            {"suite": s.suite.name, "condition": s.condition, "family": s.family or "all items"},
+        )
+        row[s.metric] = s
+    return list(cells.values())

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from audits import progress
 from audits.forms import AuditForm
-from audits.heatmap import heatmap_data
+from audits.heatmap import heatmap_data, summary_rows
 from audits.models import FINISHED, Audit, Metric
 from audits.services import audit_create
 from models_registry.roles import operator_required
@@ -50,6 +50,7 @@ def audit_detail(request, audit_id: int):
             "snapshot": progress.audit_snapshot(audit),
             "suites": audit.suites.all(),
             "metrics": Metric.choices,
+            "summary": summary_rows(audit),
         },
     )
 

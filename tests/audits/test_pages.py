@@ -155,3 +155,11 @@ def test_the_suites_pages_show_source_licence_and_items(client, viewer, starter_
     assert "law-humility-001" not in detail
     assert client.get("/suites/no-such-suite/").status_code == 404
     assert client.get("/suites/starter/?version=99").status_code == 404
+
+
+def test_the_audit_page_summarises_each_suite_with_intervals(client, viewer, finished_audit):
+    client.force_login(viewer)
+    page = client.get(f"/audits/{finished_audit.pk}/").content.decode()
+    assert "By suite and misalignment family" in page
+    overall = finished_audit.scores.get(domain="", trait="", family="", metric="accuracy")
+    assert f"{overall.value:.3f} ({overall.ci_low:.3f} to {overall.ci_high:.3f})" in page
