@@ -22,7 +22,8 @@ class KeelSuite:
 
 KEEL_SUITES = (
     KeelSuite("starter", "starter.jsonl",
-              "Starter set: one held-out item per domain and trait (60). Fast; the demo audit."),
+              "Starter set: the first held-out item of each domain and trait in `beneficial` "
+              "(60). Fast; the demo audit."),
     KeelSuite("beneficial", "beneficial.jsonl",
               "Beneficial conversations for 12 domains x 5 traits: a train split of rubric-scored "
               "conversations with preference pairs, and a held-out eval split."),

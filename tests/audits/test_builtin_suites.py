@@ -126,3 +126,15 @@ def test_no_eval_item_paraphrases_a_train_item():
         mine = words(item)
         closest = max(len(mine & t) / len(mine | t) for t in train)
         assert closest < 0.5, item["id"]
+
+
+def test_style_alone_cannot_tell_the_beneficial_reply(db):
+    """Both style-only baselines stay within 50% ± 10 points on Keel's own suites."""
+    from audits.suite_stats import suite_stats
+
+    beneficial = load_keel_suite("beneficial")
+    for suite in (beneficial, load_keel_suite("probes")):
+        baselines = suite_stats(suite)["baselines"]
+        assert 0.4 <= baselines["longer_reply_accuracy"] <= 0.6, suite.name
+        assert 0.4 <= baselines["bag_of_words_accuracy"] <= 0.6, suite.name
+        assert baselines["bag_of_words_trained_on"] == f"{beneficial} train split"

@@ -151,8 +151,8 @@ def test_the_suites_pages_show_source_licence_and_items(client, viewer, starter_
     assert "starter" in page and "Apache-2.0" in page and starter_suite.content_hash[:12] in page
     assert "sales_pressure" in page  # the steering conditions are listed
     detail = client.get("/suites/starter/?domain=health").content.decode()
-    assert "health-humility-001" in detail
-    assert "law-humility-001" not in detail
+    assert "health-humility-eval-01" in detail
+    assert "law-humility-eval-01" not in detail
     assert client.get("/suites/no-such-suite/").status_code == 404
     assert client.get("/suites/starter/?version=99").status_code == 404
 
