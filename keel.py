@@ -139,8 +139,7 @@ def up(args: list[str]) -> int:
         wait_for_port(port, web)
         where = f"http://127.0.0.1:{port}/"
         if "--no-demo" not in args:
-            audit_id = manage("audit", "run", "--checkpoint", "smollm2-135m-instruct",
-                              "--id-only", capture=True).strip()  # fmt: skip
+            audit_id = manage("audit", "run", "--id-only", capture=True).strip()
             where = f"http://127.0.0.1:{port}/audits/{audit_id}/"
         password = (data / "admin-password.txt").read_text().strip()
         print(

@@ -3,9 +3,10 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
-from models_registry.inspection import CheckpointError, inspect_checkpoint
+from models_registry.inspection import CheckpointError
 from models_registry.models import Checkpoint
 from models_registry.roles import can_operate
+from models_registry.services import checkpoint_fields, inspect_new_checkpoint
 
 
 class CheckpointAddForm(forms.ModelForm):
@@ -20,22 +21,15 @@ class CheckpointAddForm(forms.ModelForm):
         if self.errors:
             return cleaned
         try:
-            facts = inspect_checkpoint(cleaned["path"])
+            self.facts = inspect_new_checkpoint(cleaned["path"])
         except CheckpointError as exc:
             raise forms.ValidationError(str(exc)) from None
-        clash = Checkpoint.objects.filter(fingerprint=facts.fingerprint).first()
-        if clash is not None:
-            raise forms.ValidationError(f"These weights are already registered as {clash.name!r}.")
-        self.facts = facts
         return cleaned
 
     def save(self, commit=True):
         checkpoint = super().save(commit=False)
-        facts = self.facts
-        checkpoint.path = str(facts.path)
-        for field in ("format", "fingerprint", "architecture", "model_type", "parameter_count",
-                      "dtype", "has_chat_template", "tokenizer"):  # fmt: skip
-            setattr(checkpoint, field, getattr(facts, field))
+        for field, value in checkpoint_fields(self.facts).items():
+            setattr(checkpoint, field, value)
         if commit:
             checkpoint.save()
         return checkpoint

@@ -5,7 +5,7 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from models_registry.inspection import CheckpointError, inspect_checkpoint
+from models_registry.inspection import CheckpointError, CheckpointFacts, inspect_checkpoint
 from models_registry.models import Checkpoint
 
 
@@ -20,12 +20,8 @@ def validate_checkpoint_name(name: str) -> str:
     return name
 
 
-@transaction.atomic
-def checkpoint_register(
-    *, path: str | Path, name: str, user=None, notes: str = "", tags: list[str] | None = None
-) -> Checkpoint:
-    """Validate a checkpoint on disk and store it; on any error, store nothing."""
-    validate_checkpoint_name(name)
+def inspect_new_checkpoint(path: str | Path) -> CheckpointFacts:
+    """The checkpoint's facts, if it is valid and its weights are not registered yet."""
     facts = inspect_checkpoint(path)
     existing = Checkpoint.objects.filter(fingerprint=facts.fingerprint).first()
     if existing is not None:
@@ -33,18 +29,30 @@ def checkpoint_register(
             f"These weights are already registered as {existing.name!r} (fingerprint "
             f"{facts.fingerprint[:12]}…). Use that checkpoint, or add an alias to it."
         )
+    return facts
+
+
+def checkpoint_fields(facts: CheckpointFacts) -> dict:
+    """What a Checkpoint row records from the files."""
+    return {
+        "path": str(facts.path), "format": facts.format, "fingerprint": facts.fingerprint,
+        "architecture": facts.architecture, "model_type": facts.model_type,
+        "parameter_count": facts.parameter_count, "dtype": facts.dtype,
+        "has_chat_template": facts.has_chat_template, "tokenizer": facts.tokenizer,
+    }  # fmt: skip
+
+
+@transaction.atomic
+def checkpoint_register(
+    *, path: str | Path, name: str, user=None, notes: str = "", tags: list[str] | None = None
+) -> Checkpoint:
+    """Validate a checkpoint on disk and store it; on any error, store nothing."""
+    validate_checkpoint_name(name)
+    facts = inspect_new_checkpoint(path)
     try:
         return Checkpoint.objects.create(
             name=name,
-            path=str(facts.path),
-            format=facts.format,
-            fingerprint=facts.fingerprint,
-            architecture=facts.architecture,
-            model_type=facts.model_type,
-            parameter_count=facts.parameter_count,
-            dtype=facts.dtype,
-            has_chat_template=facts.has_chat_template,
-            tokenizer=facts.tokenizer,
+            **checkpoint_fields(facts),
             notes=notes,
             tags=tags or [],
             registered_by=user if user is not None and user.is_authenticated else None,

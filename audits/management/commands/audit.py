@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from audits.builtin import DEMO_SUITE
@@ -18,7 +19,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
         run = sub.add_parser("run", help="queue an audit")
-        run.add_argument("--checkpoint", required=True)
+        run.add_argument(
+            "--checkpoint", default=settings.KEEL_DEFAULT_CHECKPOINT,
+            help=f"checkpoint name (default: {settings.KEEL_DEFAULT_CHECKPOINT})",
+        )  # fmt: skip
         run.add_argument("--plan", choices=["evaluate"], default="evaluate")
         run.add_argument(
             "--suite", action="append", dest="suites",
