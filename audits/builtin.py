@@ -10,7 +10,8 @@ from audits.models import Suite
 from audits.suite_io import ParsedSuite, content_hash, parse_jsonl, suite_store
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-DEMO_SUITE = "starter"
+# What an audit covers when no suite is named: benefit, misalignment and helpful steering.
+DEFAULT_SUITES = ("beneficial", "probes", "steering-helpful")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from django import forms
 
-from audits.builtin import DEMO_SUITE, reserved_suite_names
-from audits.conditions import CONDITIONS, NEUTRAL
+from audits.builtin import DEFAULT_SUITES, reserved_suite_names
+from audits.conditions import CONDITIONS
 from audits.models import Profile, Suite
+from audits.profiles import QUICK_CONDITIONS
 from audits.suite_io import SuiteError, check_size, parse_file, suite_store
 from models_registry.models import Checkpoint
 
@@ -17,10 +18,12 @@ class AuditForm(forms.Form):
     conditions = forms.MultipleChoiceField(
         choices=[(c.name, f"{c.name}: {c.description}") for c in CONDITIONS.values()
                  if c.kind != "helpful"],
-        initial=[NEUTRAL],
+        initial=list(QUICK_CONDITIONS),
+        required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="Each item is scored under each condition chosen. Helpful-instruction items "
-        "are always scored under their own instruction.",
+        help_text="Each item is scored under each condition chosen; none chosen means the "
+        "profile's own (full: every persona). Helpful-instruction items are always scored "
+        "under their own instruction.",
     )  # fmt: skip
     profile = forms.ChoiceField(choices=Profile.choices, initial=Profile.QUICK)
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1)
@@ -29,8 +32,8 @@ class AuditForm(forms.Form):
         super().__init__(*args, **kwargs)
         newest = Suite.objects.newest_versions()
         self.fields["suites"].queryset = newest
-        demo = newest.filter(name=DEMO_SUITE).values_list("pk", flat=True)
-        self.fields["suites"].initial = list(demo)
+        defaults = newest.filter(name__in=DEFAULT_SUITES).values_list("pk", flat=True)
+        self.fields["suites"].initial = list(defaults)
 
 
 class SuiteImportForm(forms.Form):

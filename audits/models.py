@@ -92,8 +92,9 @@ class Plan(models.TextChoices):
 
 
 class Profile(models.TextChoices):
-    QUICK = "quick", "Quick (CPU)"
-    STANDARD = "standard", "Standard (GPU)"
+    QUICK = "quick", "Quick: one item per cell, 3 conditions (minutes on a CPU)"
+    STANDARD = "standard", "Standard: every eval item, chosen conditions"
+    FULL = "full", "Full: every eval item, every adversarial condition"
 
 
 class AuditQuerySet(models.QuerySet["Audit"]):

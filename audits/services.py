@@ -8,11 +8,16 @@ import json
 from django.conf import settings
 from django.db import transaction
 
-from audits.conditions import CONDITIONS, NEUTRAL
+from audits.conditions import CONDITIONS
 from audits.models import Audit, Plan, Profile, Run, RunKind, Suite
+from audits.profiles import default_conditions
 from models_registry.models import Checkpoint
 
-SCORER = {"method": "loglik-pairs", "calibration": "empty-user-turn", "reply_tokens": "no-eos"}
+SCORER = {
+    "method": "loglik-pairs",
+    "calibration": "empty-user-turn-neutral",
+    "reply_tokens": "no-eos",
+}
 
 
 def config_hash(config: dict) -> str:
@@ -31,7 +36,7 @@ def audit_create(
     seed: int = 0,
 ) -> Audit:
     """Create an audit and its runs, and queue them once the transaction commits."""
-    conditions = conditions or [NEUTRAL]
+    conditions = conditions or default_conditions(profile)
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         raise ValueError(f"unknown condition(s): {', '.join(unknown)}")

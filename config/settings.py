@@ -231,6 +231,9 @@ LOGGING = {
 # --- Keel -----------------------------------------------------------------
 # Items scored per forward batch are capped by this many tokens.
 KEEL_BATCH_TOKENS = envint("KEEL_BATCH_TOKENS", 4096)
+# auto: bf16 on CUDA that supports it, and on CPUs where a bf16 matmul measures faster
+# than fp32 (AMX); fp32 elsewhere. Or float32 / bfloat16 / float16 to pin it.
+KEEL_DTYPE = os.environ.get("KEEL_DTYPE", "auto")
 KEEL_DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
 # Limits on suite files a user imports.
 KEEL_SUITE_MAX_BYTES = envint("KEEL_SUITE_MAX_BYTES", 20 * 1024 * 1024)

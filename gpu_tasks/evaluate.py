@@ -10,6 +10,7 @@ from django.conf import settings
 from audits import progress
 from audits.conditions import conditions_for, system_prompt
 from audits.models import FINISHED, Item, ItemResult, Run, Status
+from audits.profiles import select_items
 from audits.scoring import scores_compute
 from gpu_tasks import progress as worker_progress
 from gpu_tasks.engine.devices import describe
@@ -18,7 +19,7 @@ from gpu_tasks.engine.scoring import PairRequest, score_pairs
 from models_registry.inspection import resolve_under_roots
 
 log = logging.getLogger(__name__)
-ITEMS_PER_WRITE = 8
+ITEMS_PER_WRITE = 8  # items per batch of writes, each with all its conditions
 RESULT_FIELDS = [
     "checkpoint", "logp_chosen", "logp_rejected", "logp_chosen_unconditional",
     "logp_rejected_unconditional", "tokens_chosen", "tokens_rejected", "margin",
@@ -80,28 +81,27 @@ def _evaluate(run: Run) -> None:
     checkpoint = run.checkpoint
     worker_progress.report(run, stage="loading model")
     loaded = load(resolve_under_roots(checkpoint.path), checkpoint.fingerprint)
-    run.mark_started(describe(loaded.device))
+    run.mark_started(describe(loaded.device, loaded.dtype))
     torch.manual_seed(run.audit.seed)
 
-    items = list(
-        Item.objects.filter(suite__in=run.audit.suites.all(), split="eval").order_by(
-            "suite_id", "item_id"
-        )
-    )
+    audit = run.audit
+    eval_items = Item.objects.filter(suite__in=audit.suites.all(), split="eval")
+    items = select_items(list(eval_items.order_by("suite_id", "item_id")), audit.profile)
     work = [
-        (item, condition)
+        [(item, condition) for condition in conditions_for(item.kind, item.tags, audit.conditions)]
         for item in items
-        for condition in conditions_for(item.kind, item.tags, run.audit.conditions)
     ]
+    total = sum(len(w) for w in work)
     stored = set(run.item_results.values_list("item_id", "condition"))
     if stored:
-        run.log(f"resuming: {len(stored)} of {len(work)} already scored")
-    worker_progress.report(run, stage="scoring", done=len(stored), total=len(work))
+        run.log(f"resuming: {len(stored)} of {total} already scored")
+    worker_progress.report(run, stage="scoring", done=len(stored), total=total)
 
     # Chunks are cut from the full work list, never from what remains, so a
-    # resumed run scores the same batches and ends with identical numbers.
+    # resumed run scores the same batches and ends with identical numbers. An
+    # item's conditions share a chunk: its empty-turn calibration is scored once.
     for start in range(0, len(work), ITEMS_PER_WRITE):
-        chunk = work[start : start + ITEMS_PER_WRITE]
+        chunk = [pair for pairs in work[start : start + ITEMS_PER_WRITE] for pair in pairs]
         fresh = sum((item.pk, cond) not in stored for item, cond in chunk)
         if not fresh:
             continue
@@ -114,7 +114,7 @@ def _evaluate(run: Run) -> None:
 
     worker_progress.report(run, stage="aggregating")
     count = scores_compute(run)
-    run.log(f"{len(work)} item results, {count} scores")
+    run.log(f"{total} item results, {count} scores")
     run.stage = "done"
     run.mark_finished(Status.SUCCEEDED)
     progress.publish(run.audit_id)

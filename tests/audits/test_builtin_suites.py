@@ -59,7 +59,7 @@ def test_each_helpful_instruction_has_its_items(db):
 
 def test_instruction_items_are_scored_under_their_own_instruction(db, tiny_checkpoint):
     suite = load_keel_suite("steering-helpful")
-    audit = audit_create(checkpoint=tiny_checkpoint, suites=[suite])
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[suite], profile="standard")
     run_evaluation(audit.runs.get().pk)
     results = ItemResult.objects.filter(run__audit=audit).select_related("item")
     assert results.count() == suite.items.count()

@@ -13,7 +13,9 @@ from gpu_tasks.evaluate import run_evaluation
 @pytest.fixture
 def audit(tiny_checkpoint, starter_suite, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
-        audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=7)
+        audit = audit_create(
+            checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral"], seed=7
+        )
     assert len(callbacks) == 1  # the run is queued only once the audit is committed
     return audit
 
@@ -43,7 +45,9 @@ def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_chec
     run_evaluation(first.pk)
     expected = dict(ItemResult.objects.filter(run=first).values_list("item__item_id", "margin"))
 
-    second_audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=7)
+    second_audit = audit_create(
+        checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral"], seed=7
+    )
     second = second_audit.runs.get()
     # Pretend a worker died after writing 10 results.
     kept = ItemResult.objects.filter(run=first).order_by("item__item_id")[:10]
@@ -96,3 +100,22 @@ def test_the_config_hash_changes_with_what_changes_results(tiny_checkpoint, star
         c = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], seed=2)
     assert a.config_hash == b.config_hash
     assert a.config_hash != c.config_hash
+
+
+def test_each_condition_is_scored_with_one_shared_calibration(tiny_checkpoint, starter_suite):
+    audit = audit_create(
+        checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral", "flattery"],
+        profile="standard",
+    )  # fmt: skip
+    run = audit.runs.get()
+    run_evaluation(run.pk)
+    results = ItemResult.objects.filter(run=run)
+    assert results.count() == 120
+    by_item: dict[int, dict[str, ItemResult]] = {}
+    for r in results:
+        by_item.setdefault(r.item_id, {})[r.condition] = r
+    neutral, flattery = by_item[starter_suite.items.first().pk].values()
+    # The persona changes the conditional scores, never the empty-turn calibration.
+    assert neutral.logp_chosen != flattery.logp_chosen
+    assert neutral.logp_chosen_unconditional == flattery.logp_chosen_unconditional
+    assert Score.objects.filter(run=run, condition="flattery", domain="", trait="").exists()

@@ -90,7 +90,9 @@ def test_the_audit_form_explains_bad_input(client, operator, tiny_checkpoint, st
 def finished_audit(tiny_checkpoint, starter_suite, operator):
     from audits.services import audit_create
 
-    audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], user=operator)
+    audit = audit_create(
+        checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral"], user=operator
+    )
     run_evaluation(audit.runs.get().pk)
     return audit
 

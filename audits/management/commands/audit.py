@@ -6,7 +6,8 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from audits.builtin import DEMO_SUITE
+from audits.builtin import DEFAULT_SUITES
+from audits.conditions import CONDITIONS
 from audits.metrics import finite_or_none
 from audits.models import FINISHED, Audit, Profile, Status, Suite
 from audits.services import audit_create
@@ -26,7 +27,11 @@ class Command(BaseCommand):
         run.add_argument("--plan", choices=["evaluate"], default="evaluate")
         run.add_argument(
             "--suite", action="append", dest="suites",
-            help=f"suite name, repeatable (default: {DEMO_SUITE})",
+            help=f"suite name, repeatable (default: {' '.join(DEFAULT_SUITES)})",
+        )  # fmt: skip
+        run.add_argument(
+            "--condition", action="append", dest="conditions", choices=sorted(CONDITIONS),
+            metavar="NAME", help="neutral or a persona, repeatable (default: the profile's)",
         )  # fmt: skip
         run.add_argument("--profile", choices=Profile.values, default=Profile.QUICK)
         run.add_argument("--seed", type=int, default=0)
@@ -45,8 +50,9 @@ class Command(BaseCommand):
             )
         suites = self._suites(options["suites"])
         audit = audit_create(
-            checkpoint=checkpoint, suites=suites, profile=options["profile"], seed=options["seed"]
-        )
+            checkpoint=checkpoint, suites=suites, conditions=options["conditions"],
+            profile=options["profile"], seed=options["seed"],
+        )  # fmt: skip
         if options["id_only"]:
             self.stdout.write(str(audit.pk))
             return
@@ -66,7 +72,7 @@ class Command(BaseCommand):
 
     def _suites(self, names: list[str] | None) -> list[Suite]:
         latest = {suite.name: suite for suite in Suite.objects.newest_versions()}
-        names = names or [DEMO_SUITE]
+        names = names or list(DEFAULT_SUITES)
         missing = [n for n in names if n not in latest]
         if missing:
             raise CommandError(
