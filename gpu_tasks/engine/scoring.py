@@ -14,7 +14,8 @@ attention mask lets each reply see the prefix and itself, never its siblings,
 and position ids restart where the prefix ends, so every reply is scored
 exactly as if it followed the prefix alone, while the prefix is encoded once.
 The empty-turn prefix is shared by the replies packed in one row. Only
-positions that predict a reply token go through the vocabulary projection, which is a fifth of a small model's compute per token.
+positions that predict a reply token go through the vocabulary projection,
+a fifth of a small model's compute per token.
 """
 
 from __future__ import annotations
