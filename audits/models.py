@@ -238,10 +238,58 @@ class ItemResult(models.Model):
         return f"{self.item} under {self.condition}: margin {self.margin:+.3f}"
 
 
+class Generation(models.Model):
+    """One sampled reply to an item under a condition."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="generations")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="generations")
+    condition = models.CharField(max_length=100)
+    sample = models.PositiveIntegerField(default=0)
+    seed = models.BigIntegerField()
+    text = models.TextField()
+    tokens = models.PositiveIntegerField()
+    finished = models.BooleanField(help_text="False when cut at the token limit")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "item", "condition", "sample"], name="generation_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item} under {self.condition}, sample {self.sample}"
+
+
+class Grade(models.Model):
+    """A grader's verdict on a sampled reply, for one criterion (or the whole reply)."""
+
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="grades")
+    grader = models.CharField(max_length=200, help_text="rules, judge:NAME or reward:NAME")
+    version = models.CharField(max_length=50)
+    criterion = models.TextField(blank=True)
+    weight = models.FloatField(default=1.0)
+    score = models.FloatField(help_text="0 to 1, higher is better")
+    rationale = models.TextField(blank=True)
+    prompt = models.TextField(blank=True, help_text="exactly what the grader was shown")
+
+    def __str__(self) -> str:
+        return f"{self.grader} {self.criterion[:40]!r}: {self.score:.2f}"
+
+
 class Metric(models.TextChoices):
     ACCURACY = "accuracy", "Accuracy (calibrated)"
     MARGIN = "margin", "Mean calibrated margin (nats)"
     MARGIN_MEAN_TOKEN = "margin_mean_token", "Mean per-token margin, uncalibrated (nats)"
+    MISALIGNED = "misaligned_rate", "Share of items where the misaligned reply wins"
+    SHIFT = "margin_shift", "Paired change of calibrated margin against neutral (nats)"
+    ACCURACY_SHIFT = "accuracy_shift", "Paired change of accuracy against neutral"
+    ECE = "ece", "Expected calibration error of choice probabilities"
+    BBQ_BIAS_DISAMBIGUATED = "bbq_bias_disambiguated", "BBQ bias score, disambiguated contexts"
+    BBQ_BIAS_AMBIGUOUS = "bbq_bias_ambiguous", "BBQ bias score, ambiguous contexts"
+    RULES = "grade_rules", "Rule checks passed by sampled replies"
+    JUDGE = "grade_judge", "Judge grade of sampled replies (weighted P(Yes))"
+    REWARD = "grade_reward", "Reward-model grade of sampled replies"
 
 
 class Score(models.Model):

@@ -45,3 +45,18 @@ def select_items(items: list[Item], profile: str) -> list[Item]:
 
 def _rank(item: Item) -> str:
     return hashlib.sha256(item.item_id.encode()).hexdigest()
+
+
+def generation_items(items: list[Item], profile: str) -> list[Item]:
+    """The items whose replies are sampled and graded: in quick, one benefit item per
+    domain, one probe per family and one item per helpful instruction; else all."""
+    if profile != Profile.QUICK:
+        return items
+    chosen: dict[tuple, Item] = {}
+    for item in items:
+        cell = (item.kind, condition_of(item.tags) if item.kind == "instruction"
+                else item.family if item.kind == "misalignment" else item.domain)  # fmt: skip
+        if cell not in chosen or _rank(item) < _rank(chosen[cell]):
+            chosen[cell] = item
+    keep = {item.pk for item in chosen.values()}
+    return [item for item in items if item.pk in keep]

@@ -19,6 +19,9 @@ SCORER = {
     "reply_tokens": "no-eos",
 }
 
+SAMPLING = {"max_new_tokens": 96, "temperature": 0.7, "top_p": 0.9}
+MAX_SAMPLES = 16
+
 
 def config_hash(config: dict) -> str:
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
@@ -34,6 +37,9 @@ def audit_create(
     conditions: list[str] | None = None,
     profile: str = Profile.QUICK,
     seed: int = 0,
+    samples: int = 1,
+    judge: Checkpoint | None = None,
+    reward_model: Checkpoint | None = None,
 ) -> Audit:
     """Create an audit and its runs, and queue them once the transaction commits."""
     conditions = conditions or default_conditions(profile)
@@ -42,6 +48,8 @@ def audit_create(
         raise ValueError(f"unknown condition(s): {', '.join(unknown)}")
     if not suites:
         raise ValueError("choose at least one suite")
+    if not 0 <= samples <= MAX_SAMPLES:
+        raise ValueError(f"samples must be between 0 and {MAX_SAMPLES}, not {samples}")
     config = {
         "checkpoints": {checkpoint.name: checkpoint.fingerprint},
         "suites": {f"{s.name}@{s.version}": s.content_hash for s in suites},
@@ -49,6 +57,14 @@ def audit_create(
         "scorer": SCORER,
         "profile": profile,
         "seed": seed,
+        "generation": {
+            "samples": samples,
+            **SAMPLING,
+            "judge": {judge.name: judge.fingerprint} if judge and samples else {},
+            "reward": {reward_model.name: reward_model.fingerprint}
+            if reward_model and samples
+            else {},
+        },  # fmt: skip
         "keel": settings.KEEL_VERSION,
     }
     audit = Audit.objects.create(

@@ -6,19 +6,24 @@ import logging
 
 import torch
 from django.conf import settings
+from django.db import transaction
 
 from audits import progress
-from audits.conditions import conditions_for, system_prompt
-from audits.models import FINISHED, Item, ItemResult, Run, Status
-from audits.profiles import select_items
+from audits.conditions import NEUTRAL, condition_of, conditions_for, system_prompt
+from audits.models import FINISHED, Generation, Grade, Item, ItemResult, Run, Status
+from audits.profiles import generation_items, select_items
 from audits.scoring import scores_compute
 from gpu_tasks import progress as worker_progress
 from gpu_tasks.engine.devices import describe
-from gpu_tasks.engine.loading import load
+from gpu_tasks.engine.generation import sample_replies
+from gpu_tasks.engine.graders import Case, judge_grades, reward_grades, rule_grades
+from gpu_tasks.engine.loading import load, load_classifier
 from gpu_tasks.engine.scoring import PairRequest, score_pairs
 from models_registry.inspection import resolve_under_roots
+from models_registry.models import Checkpoint
 
 log = logging.getLogger(__name__)
+SAMPLES_PER_WRITE = 16
 ITEMS_PER_WRITE = 8  # items per batch of writes, each with all its conditions
 RESULT_FIELDS = [
     "checkpoint", "logp_chosen", "logp_rejected", "logp_chosen_unconditional",
@@ -91,11 +96,15 @@ def _evaluate(run: Run) -> None:
         [(item, condition) for condition in conditions_for(item.kind, item.tags, audit.conditions)]
         for item in items
     ]
-    total = sum(len(w) for w in work)
+    sampling = _sampling_work(run, items)
+    sampled = set(run.generations.values_list("item_id", "condition", "sample"))
+    scoring = sum(len(w) for w in work)
+    total = scoring + len(sampling)
     stored = set(run.item_results.values_list("item_id", "condition"))
-    if stored:
-        run.log(f"resuming: {len(stored)} of {total} already scored")
-    worker_progress.report(run, stage="scoring", done=len(stored), total=total)
+    if stored or sampled:
+        run.log(f"resuming: {len(stored)} of {scoring} already scored, "
+                f"{len(sampled)} of {len(sampling)} replies sampled")  # fmt: skip
+    worker_progress.report(run, stage="scoring", done=len(stored) + len(sampled), total=total)
 
     # Chunks are cut from the full work list, never from what remains, so a
     # resumed run scores the same batches and ends with identical numbers. An
@@ -112,9 +121,79 @@ def _evaluate(run: Run) -> None:
         _score_and_store(run, loaded, chunk)
         worker_progress.report(run, done=run.progress_done + fresh)
 
+    if sampling:
+        _generate_and_grade(run, loaded, sampling, sampled)
+        if run.status == Status.CANCELLED:
+            return
     worker_progress.report(run, stage="aggregating")
     count = scores_compute(run)
-    run.log(f"{total} item results, {count} scores")
+    run.log(f"{scoring} item results, {count} scores")
     run.stage = "done"
     run.mark_finished(Status.SUCCEEDED)
     progress.publish(run.audit_id)
+
+
+def _sampling_work(run: Run, items: list[Item]) -> list[tuple[Item, str, int]]:
+    """Replies to sample: neutral, or an instruction item's own instruction."""
+    samples = (run.audit.config.get("generation") or {}).get("samples", 0)
+    return [
+        (item, condition_of(item.tags) if item.kind == "instruction" else NEUTRAL, sample)
+        for item in generation_items(items, run.audit.profile)
+        for sample in range(samples)
+    ]
+
+
+def _generate_and_grade(run: Run, loaded, work: list, stored: set) -> None:
+    spec = run.audit.config["generation"]
+    worker_progress.report(run, stage="sampling replies")
+    for start in range(0, len(work), SAMPLES_PER_WRITE):  # fixed chunks: resumable, reproducible
+        chunk = work[start : start + SAMPLES_PER_WRITE]
+        fresh = sum((item.pk, cond, s) not in stored for item, cond, s in chunk)
+        if not fresh:
+            continue
+        if worker_progress.cancel_requested(run):
+            run.mark_finished(Status.CANCELLED)
+            progress.publish(run.audit_id)
+            return
+        seed = run.audit.seed + start
+        replies = sample_replies(
+            loaded, [(item.messages, system_prompt(cond)) for item, cond, _ in chunk],
+            seed=seed, max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
+            top_p=spec["top_p"], batch_size=SAMPLES_PER_WRITE,
+        )  # fmt: skip
+        Generation.objects.bulk_create(
+            [Generation(run=run, item=item, condition=cond, sample=s, seed=seed, text=r.text,
+                        tokens=r.tokens, finished=r.finished)
+             for (item, cond, s), r in zip(chunk, replies, strict=True)],
+            update_conflicts=True, unique_fields=["run", "item", "condition", "sample"],
+            update_fields=["seed", "text", "tokens", "finished"],
+        )  # fmt: skip
+        worker_progress.report(run, done=run.progress_done + fresh)
+
+    worker_progress.report(run, stage="grading replies")
+    generations = list(run.generations.select_related("item").order_by("pk"))
+    cases = [
+        Case(
+            g.item.messages, g.text, g.item.rubric, g.condition if g.condition != NEUTRAL else None
+        )
+        for g in generations
+    ]
+    grades = [[*rule_grades(case)] for case in cases]
+    for name, fingerprint in (spec.get("reward") or {}).items():
+        model = Checkpoint.objects.get(name=name, fingerprint=fingerprint)
+        reward = load_classifier(resolve_under_roots(model.path), fingerprint)
+        for per_case, grade in zip(grades, reward_grades(reward, name, cases), strict=True):
+            per_case.append(grade)
+    for name, fingerprint in (spec.get("judge") or {}).items():
+        model = Checkpoint.objects.get(name=name, fingerprint=fingerprint)
+        judge = load(resolve_under_roots(model.path), fingerprint)
+        for per_case, judged in zip(grades, judge_grades(judge, name, cases), strict=True):
+            per_case += judged
+    with transaction.atomic():  # regrading replaces, never duplicates
+        Grade.objects.filter(generation__run=run).delete()
+        Grade.objects.bulk_create(
+            Grade(generation=g, grader=r.grader, version=r.version, criterion=r.criterion,
+                  weight=r.weight, score=r.score, rationale=r.rationale, prompt=r.prompt)
+            for g, per_case in zip(generations, grades, strict=True) for r in per_case
+        )  # fmt: skip
+    run.log(f"{len(generations)} sampled replies, {sum(map(len, grades))} grades")

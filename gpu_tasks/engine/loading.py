@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 from transformers.utils import logging as hf_logging
 
 from gpu_tasks.engine.devices import best_device, best_dtype
@@ -60,3 +65,26 @@ def _load(path: Path) -> LoadedModel:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+_classifiers: dict[tuple[str, str], LoadedModel] = {}
+
+
+def load_classifier(path: str | Path, fingerprint: str) -> LoadedModel:
+    """A reward model: a sequence classifier with one output, safetensors only."""
+    key = (str(path), fingerprint)
+    if key not in _classifiers:
+        _classifiers.clear()
+        device = best_device()
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            Path(path), trust_remote_code=False, local_files_only=True, use_safetensors=True,
+            dtype=torch.float32,
+        )  # fmt: skip
+        if model.config.num_labels != 1:
+            raise ValueError(f"{path} has {model.config.num_labels} outputs; a reward model has 1")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        _classifiers[key] = LoadedModel(model.to(device).eval(), tokenizer, device, torch.float32)
+    return _classifiers[key]

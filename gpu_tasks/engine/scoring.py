@@ -117,15 +117,7 @@ def score_pairs(
             children.setdefault(prefix, {})[ids] = None
         plans.append(keys)
 
-    trees = _pack(children, ROW_TOKENS)
-    logps: dict[tuple[Tokens, Tokens], float] = {}
-    for batch in _buckets(trees, batch_tokens):
-        for tree, values in zip(batch, _tree_logprobs(loaded, batch), strict=True):
-            for reply, value in zip(tree.replies, values, strict=True):
-                logps[tree.prefix, reply] = value
-        if on_batch is not None:
-            on_batch(sum(len(t.replies) for t in batch))
-
+    logps = continuation_logprobs(loaded, children, batch_tokens=batch_tokens, on_batch=on_batch)
     scores = []
     for keys in plans:
         chosen, chosen_u, rejected, rejected_u = (logps[k] for k in keys)
@@ -133,6 +125,24 @@ def score_pairs(
             PairScore(chosen, rejected, chosen_u, rejected_u, len(keys[0][1]), len(keys[2][1]))
         )
     return scores
+
+
+def continuation_logprobs(
+    loaded: LoadedModel,
+    children: dict[Tokens, dict[Tokens, None]],
+    *,
+    batch_tokens: int = 4096,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[tuple[Tokens, Tokens], float]:
+    """Summed log-probability of each continuation after its prefix, keyed (prefix, reply)."""
+    logps: dict[tuple[Tokens, Tokens], float] = {}
+    for batch in _buckets(_pack(children, ROW_TOKENS), batch_tokens):
+        for tree, values in zip(batch, _tree_logprobs(loaded, batch), strict=True):
+            for reply, value in zip(tree.replies, values, strict=True):
+                logps[tree.prefix, reply] = value
+        if on_batch is not None:
+            on_batch(sum(len(t.replies) for t in batch))
+    return logps
 
 
 def _pack(children: dict[Tokens, dict[Tokens, None]], row_tokens: int) -> list[Tree]:

@@ -27,7 +27,9 @@ def test_it_scores_every_item_and_stores_scores(audit):
     audit.refresh_from_db()
     assert run.status == Status.SUCCEEDED
     assert audit.status == Status.SUCCEEDED
-    assert (run.progress_done, run.progress_total) == (60, 60)
+    sampled = run.generations.count()
+    assert sampled == 12  # quick: one benefit item per domain
+    assert (run.progress_done, run.progress_total) == (60 + sampled, 60 + sampled)
     assert ItemResult.objects.filter(run=run).count() == 60
     result = ItemResult.objects.filter(run=run).first()
     assert result.won == (result.margin > 0)
@@ -44,6 +46,7 @@ def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_chec
     first = audit.runs.get()
     run_evaluation(first.pk)
     expected = dict(ItemResult.objects.filter(run=first).values_list("item__item_id", "margin"))
+    replies = dict(first.generations.values_list("item__item_id", "text"))
 
     second_audit = audit_create(
         checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral"], seed=7
@@ -72,6 +75,7 @@ def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_chec
     got = dict(ItemResult.objects.filter(run=second).values_list("item__item_id", "margin"))
     assert got.keys() == expected.keys()
     assert got == expected  # same batches, so bit-identical, not merely close
+    assert dict(second.generations.values_list("item__item_id", "text")) == replies  # same seeds
 
 
 def test_a_cancelled_run_stops_before_scoring(audit):
