@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
 from audits.builtin import DEFAULT_SUITES, reserved_suite_names
 from audits.conditions import CONDITIONS
 from audits.models import Profile, Suite
 from audits.profiles import QUICK_CONDITIONS
+from audits.services import MAX_SAMPLES
 from audits.suite_io import SuiteError, check_size, parse_file, suite_store
 from models_registry.models import Checkpoint
 
@@ -27,6 +29,18 @@ class AuditForm(forms.Form):
     )  # fmt: skip
     profile = forms.ChoiceField(choices=Profile.choices, initial=Profile.QUICK)
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1)
+    samples = forms.IntegerField(
+        initial=1, min_value=0, max_value=MAX_SAMPLES,
+        help_text="Replies sampled per generative item and graded (0: log-likelihood only).",
+    )  # fmt: skip
+    judge = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.all(), to_field_name="name", required=False,
+        help_text="An instruct checkpoint that grades each rubric criterion by P(Yes).",
+    )  # fmt: skip
+    reward_model = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.all(), to_field_name="name", required=False,
+        help_text="A reward model (sequence classifier) that also grades sampled replies.",
+    )  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -34,6 +48,7 @@ class AuditForm(forms.Form):
         self.fields["suites"].queryset = newest
         defaults = newest.filter(name__in=DEFAULT_SUITES).values_list("pk", flat=True)
         self.fields["suites"].initial = list(defaults)
+        self.fields["judge"].initial = settings.KEEL_DEFAULT_CHECKPOINT
 
 
 class SuiteImportForm(forms.Form):

@@ -40,10 +40,10 @@ def conversation(item) -> str:
 
 
 def _cells(item) -> Iterable[tuple[str, str, str]]:
-    yield item.domain, item.trait or "", item.family or ""
-    yield item.domain, "", ""
-    yield "", item.trait or "", item.family or ""
-    yield "", "", ""
+    """Every group an item counts in, each once (an item with neither trait nor family
+    would otherwise count twice overall)."""
+    by = item.trait or "", item.family or ""
+    return dict.fromkeys([(item.domain, *by), (item.domain, "", ""), ("", *by), ("", "", "")])
 
 
 def _pools(condition: str, kind: str) -> list[str]:

@@ -33,6 +33,9 @@ def audit_new(request):
             conditions=form.cleaned_data["conditions"],
             profile=form.cleaned_data["profile"],
             seed=form.cleaned_data["seed"],
+            samples=form.cleaned_data["samples"],
+            judge=form.cleaned_data["judge"],
+            reward_model=form.cleaned_data["reward_model"],
             user=request.user,
         )
         messages.success(request, f"Queued audit {audit.pk}.")

@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="smollm2-135m-instruct")
     parser.add_argument("--lm-eval", required=True, help="path to the lm_eval executable")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, help="only the first N eval items")
     args = parser.parse_args()
 
     import django
@@ -48,13 +49,16 @@ def main() -> int:
     checkpoint = Checkpoint.objects.filter(name=args.checkpoint).first()
     if suite is None or checkpoint is None:
         sys.exit("Unknown suite or checkpoint; run `python manage.py keel_setup` first.")
-    items = list(suite.items.filter(split="eval").order_by("item_id"))
+    items = list(suite.items.filter(split="eval").order_by("item_id"))[: args.limit]
     loaded = load(checkpoint.path, checkpoint.fingerprint)
+    peak = matmul_peak(loaded.dtype)
 
+    counted = count_work(loaded, items)
     started = time.perf_counter()
     scores = score_pairs(loaded, [PairRequest(i.messages, i.chosen, i.rejected) for i in items])
     keel_seconds = time.perf_counter() - started
     ours = {i.item_id: s for i, s in zip(items, scores, strict=True)}
+    flops = model_flops(loaded, counted)
 
     with tempfile.TemporaryDirectory() as tmp:
         yaml = export_lm_eval(suite, Path(tmp) / "task", tokenizer=loaded.tokenizer)
@@ -65,9 +69,14 @@ def main() -> int:
             "--log_samples", "--output_path", str(Path(tmp) / "out"),
         ]  # fmt: skip
         env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        # Its start-up and model load, measured on one item and subtracted below.
+        started = time.perf_counter()
+        subprocess.run([*command[:-2], "--output_path", str(Path(tmp) / "one"), "--limit", "1"],
+                       check=True, env=env, capture_output=True)  # fmt: skip
+        lm_startup = time.perf_counter() - started
         started = time.perf_counter()
         subprocess.run(command, check=True, env=env, capture_output=True)
-        lm_seconds = time.perf_counter() - started  # includes its start-up and model load
+        lm_seconds = time.perf_counter() - started
         [samples] = glob.glob(str(Path(tmp) / "out" / "*" / f"samples_{yaml.stem}_*.jsonl"))
         theirs = [json.loads(line) for line in Path(samples).read_text().splitlines()]
 
@@ -89,9 +98,66 @@ def main() -> int:
         "accuracy_keel_uncalibrated": round(keel_acc, 4),
         "accuracy_lm_eval": round(their_wins / n, 4),
         "keel_seconds": round(keel_seconds, 1),
+        "keel_items_per_second": round(n / keel_seconds, 3),
         "lm_eval_seconds_incl_startup": round(lm_seconds, 1),
+        "lm_eval_startup_and_one_item_seconds": round(lm_startup, 1),
+        "lm_eval_items_per_second": round((n - 1) / (lm_seconds - lm_startup), 3),
+        "speedup": round((n / keel_seconds) / ((n - 1) / (lm_seconds - lm_startup)), 2),
+        "keel_work": counted,
+        "keel_model_gflop_per_second": round(flops / keel_seconds / 1e9, 1),
+        "matmul_peak_gflop_per_second": round(peak / 1e9, 1),
+        "share_of_peak": round(flops / keel_seconds / peak, 3),
+        "dtype": str(loaded.dtype),
     }, indent=2))  # fmt: skip
     return 0
+
+
+def matmul_peak(dtype, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's matrix-multiply rate in FLOP/s, torch.matmul, same dtype."""
+    import torch
+
+    a = torch.randn(size, size).to(dtype)
+    a @ a
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def count_work(loaded, items) -> dict:
+    """Tokens through the transformer body and positions through the vocabulary projection."""
+    from gpu_tasks.engine.scoring import EMPTY_TURN, ROW_TOKENS, _pack, render_prompt
+
+    tok = loaded.tokenizer
+    empty = tuple(render_prompt(tok, EMPTY_TURN, None))
+    children: dict = {}
+    for item in items:
+        prompt = tuple(render_prompt(tok, item.messages, None))
+        for reply in (item.chosen, item.rejected):
+            ids = tuple(tok(reply, add_special_tokens=False)["input_ids"])
+            children.setdefault(prompt, {})[ids] = None
+            children.setdefault(empty, {})[ids] = None
+    trees = _pack(children, ROW_TOKENS)
+    return {
+        "body_tokens": sum(t.width for t in trees),
+        "head_positions": sum(len(r) for t in trees for r in t.replies),
+        "attention_pairs": sum(t.width**2 for t in trees),
+        "lm_eval_body_tokens": sum(
+            2 * len(render_prompt(tok, i.messages, None)) + len(tok(i.chosen)["input_ids"])
+            + len(tok(i.rejected)["input_ids"]) for i in items
+        ),
+    }  # fmt: skip
+
+
+def model_flops(loaded, counted: dict) -> float:
+    """2 FLOPs per weight per token, the vocabulary projection only where it ran, plus
+    attention scores and their weighted sum (4 x hidden per query-key pair)."""
+    model = loaded.model
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.base_model.parameters()) - head  # tied embeddings
+    layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    return (2 * body * counted["body_tokens"] + 2 * head * counted["head_positions"]
+            + 4 * hidden * layers * counted["attention_pairs"] / 2)  # fmt: skip
 
 
 if __name__ == "__main__":

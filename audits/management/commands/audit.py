@@ -10,7 +10,7 @@ from audits.builtin import DEFAULT_SUITES
 from audits.conditions import CONDITIONS
 from audits.metrics import finite_or_none
 from audits.models import FINISHED, Audit, Profile, Status, Suite
-from audits.services import audit_create
+from audits.services import MAX_SAMPLES, audit_create
 from models_registry.models import Checkpoint
 
 
@@ -35,23 +35,32 @@ class Command(BaseCommand):
         )  # fmt: skip
         run.add_argument("--profile", choices=Profile.values, default=Profile.QUICK)
         run.add_argument("--seed", type=int, default=0)
+        run.add_argument(
+            "--samples", type=int, default=1,
+            help="replies sampled and graded per generative item (0: log-likelihood only)",
+        )  # fmt: skip
+        run.add_argument(
+            "--judge", default=settings.KEEL_DEFAULT_CHECKPOINT,
+            help="registered instruct checkpoint that grades rubric criteria, or 'none' "
+            f"(default: {settings.KEEL_DEFAULT_CHECKPOINT})",
+        )  # fmt: skip
+        run.add_argument("--reward-model", help="registered reward model that grades replies")
         run.add_argument("--wait", action="store_true", help="wait until it finishes")
         run.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
         run.add_argument("--json", action="store_true", help="print the result as JSON")
         run.add_argument("--id-only", action="store_true", help="print only the audit's id")
 
     def handle(self, *args, action: str, **options):
-        checkpoint = Checkpoint.objects.filter(name=options["checkpoint"]).first()
-        if checkpoint is None:
-            names = ", ".join(Checkpoint.objects.values_list("name", flat=True)) or "none"
-            raise CommandError(
-                f"No checkpoint named {options['checkpoint']!r} (registered: {names}).",
-                returncode=2,
-            )
+        checkpoint = self._checkpoint(options["checkpoint"], "checkpoint")
+        judge = None if options["judge"] == "none" else self._checkpoint(options["judge"], "judge")
+        reward = options["reward_model"] and self._checkpoint(options["reward_model"], "reward")
+        if not 0 <= options["samples"] <= MAX_SAMPLES:
+            raise CommandError(f"--samples must be 0 to {MAX_SAMPLES}.", returncode=2)
         suites = self._suites(options["suites"])
         audit = audit_create(
             checkpoint=checkpoint, suites=suites, conditions=options["conditions"],
-            profile=options["profile"], seed=options["seed"],
+            profile=options["profile"], seed=options["seed"], samples=options["samples"],
+            judge=judge, reward_model=reward or None,
         )  # fmt: skip
         if options["id_only"]:
             self.stdout.write(str(audit.pk))
@@ -70,6 +79,15 @@ class Command(BaseCommand):
             errors = "; ".join(e for e in audit.runs.values_list("error", flat=True) if e)
             raise CommandError(f"Audit {audit.pk} {audit.status}: {errors}", returncode=1)
 
+    def _checkpoint(self, name: str, role: str) -> Checkpoint:
+        found = Checkpoint.objects.filter(name=name).first()
+        if found is None:
+            names = ", ".join(Checkpoint.objects.values_list("name", flat=True)) or "none"
+            raise CommandError(
+                f"No {role} checkpoint named {name!r} (registered: {names}).", returncode=2
+            )
+        return found
+
     def _suites(self, names: list[str] | None) -> list[Suite]:
         latest = {suite.name: suite for suite in Suite.objects.newest_versions()}
         names = names or list(DEFAULT_SUITES)
@@ -84,6 +102,7 @@ class Command(BaseCommand):
     def _print(self, audit: Audit, as_json: bool) -> None:
         scores = [
             {
+                "suite": f"{s.suite.name}@{s.suite.version}",
                 "domain": s.domain,
                 "trait": s.trait,
                 "family": s.family,
@@ -94,11 +113,14 @@ class Command(BaseCommand):
                 "ci_high": finite_or_none(s.ci_high),
                 "n": s.n,
             }  # fmt: skip
-            for s in audit.scores.filter(domain="").order_by("trait", "metric")
+            for s in audit.scores.filter(domain="")
+            .select_related("suite")
+            .order_by("suite__name", "condition", "trait", "family", "metric")
         ]
         if as_json:
-            out = {"audit": audit.pk, "status": audit.status, "config_hash": audit.config_hash,
-                   "summary": scores}  # fmt: skip
+            out = {"audit": audit.pk, "status": audit.status, "checkpoint": audit.checkpoint.name,
+                   "profile": audit.profile, "conditions": audit.conditions,
+                   "config_hash": audit.config_hash, "summary": scores}  # fmt: skip
             self.stdout.write(json.dumps(out, indent=2, default=str, allow_nan=False))
         else:
             self.stdout.write(f"Audit {audit.pk}: {audit.status}")
