@@ -74,6 +74,8 @@ def main() -> int:
         subprocess.run([*command[:-2], "--output_path", str(Path(tmp) / "one"), "--limit", "1"],
                        check=True, env=env, capture_output=True)  # fmt: skip
         lm_startup = time.perf_counter() - started
+        if args.limit:
+            command += ["--limit", str(args.limit)]
         started = time.perf_counter()
         subprocess.run(command, check=True, env=env, capture_output=True)
         lm_seconds = time.perf_counter() - started

@@ -51,7 +51,7 @@ def test_smollm2_scores_one_item_per_domain(default_checkpoint):
         description="", source="keel", license="Apache-2.0",
     )  # fmt: skip
     assert suite.items.count() == 12
-    audit = audit_create(checkpoint=default_checkpoint, suites=[suite])
+    audit = audit_create(checkpoint=default_checkpoint, suites=[suite], conditions=["neutral"])
     run_evaluation(audit.runs.get().pk)
     audit.refresh_from_db()
     assert audit.status == Status.SUCCEEDED
