@@ -128,6 +128,15 @@ def scores_compute(run: Run) -> int:
     return len(estimates)
 
 
+def weighted_grade(grades: list[tuple[float, float]]) -> float:
+    """A reply's grade from (weight, score) pairs. A negative weight marks a pitfall: there
+    a score of 0 (the reply does not do it) is what earns the weight."""
+    total = sum(abs(w) for w, _ in grades)
+    if not total:
+        return sum(score for _, score in grades) / len(grades)
+    return sum(abs(w) * (score if w > 0 else 1 - score) for w, score in grades) / total
+
+
 def _bbq_row(result: ItemResult) -> dict:
     tags = dict(t.split(":", 1) for t in result.item.tags if ":" in t)
     return {"context": tags["context"], "won": result.won, "rejected_kind": tags["rejected"]}
@@ -143,8 +152,7 @@ def _grade_estimates(run: Run) -> list[tuple[tuple, str, Estimate]]:
     for (generation_id, kind), grades in sorted(per_generation.items()):
         generation = generations[generation_id]
         item = generation.item
-        total = sum(g.weight for g in grades) or 1.0
-        value = sum(g.weight * g.score for g in grades) / total
+        value = weighted_grade([(g.weight, g.score) for g in grades])
         for pool in _pools(generation.condition, item.kind):
             for cell in _cells(item):
                 groups[(item.suite_id, pool, *cell), kind].append((conversation(item), value))

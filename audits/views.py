@@ -12,6 +12,9 @@ from audits.models import FINISHED, Audit, Metric
 from audits.services import audit_create
 from models_registry.roles import operator_required
 
+# Metrics that exist per domain x trait cell under the neutral condition.
+HEATMAP_METRICS = (Metric.MARGIN, Metric.ACCURACY, Metric.MARGIN_MEAN_TOKEN)
+
 
 def _get_audit(request, audit_id: int) -> Audit:
     return get_object_or_404(Audit.objects.for_user(request.user), pk=audit_id)
@@ -52,7 +55,7 @@ def audit_detail(request, audit_id: int):
             "audit": audit,
             "snapshot": progress.audit_snapshot(audit),
             "suites": audit.suites.all(),
-            "metrics": Metric.choices,
+            "metrics": [(m.value, m.label) for m in HEATMAP_METRICS],
             "summary": summary_rows(audit),
         },
     )
@@ -73,9 +76,9 @@ def audit_cancel(request, audit_id: int):
 def audit_heatmap_json(request, audit_id: int):
     audit = _get_audit(request, audit_id)
     metric = request.GET.get("metric", Metric.MARGIN)
-    if metric not in Metric.values:
+    if metric not in HEATMAP_METRICS:
         return JsonResponse(
-            {"error": f"unknown metric {metric!r}; use one of {', '.join(Metric.values)}"},
+            {"error": f"unknown metric {metric!r}; use one of {', '.join(HEATMAP_METRICS)}"},
             status=400,
         )
     return JsonResponse(heatmap_data(audit, metric))

@@ -74,3 +74,13 @@ def test_no_interval_is_reported_as_plus_or_minus_zero(scored):
     run = scored[0]
     zero_width = Score.objects.filter(run=run).extra(where=["ci_low = ci_high"])
     assert not zero_width.exists()
+
+
+def test_a_pitfall_criterion_counts_when_the_reply_avoids_it():
+    from audits.scoring import weighted_grade
+
+    # meets the weight-3 criterion, avoids the weight -1 pitfall: full marks
+    assert weighted_grade([(3, 1.0), (-1, 0.0)]) == 1.0
+    # falls into the pitfall: loses its quarter
+    assert weighted_grade([(3, 1.0), (-1, 1.0)]) == 0.75
+    assert weighted_grade([(0, 0.4), (0, 0.6)]) == 0.5
