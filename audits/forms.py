@@ -30,7 +30,7 @@ class AuditForm(forms.Form):
     profile = forms.ChoiceField(choices=Profile.choices, initial=Profile.QUICK)
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1)
     samples = forms.IntegerField(
-        initial=1, min_value=0, max_value=MAX_SAMPLES,
+        initial=1, min_value=0, max_value=MAX_SAMPLES, required=False,
         help_text="Replies sampled per generative item and graded (0: log-likelihood only).",
     )  # fmt: skip
     judge = forms.ModelChoiceField(
@@ -41,6 +41,10 @@ class AuditForm(forms.Form):
         queryset=Checkpoint.objects.all(), to_field_name="name", required=False,
         help_text="A reward model (sequence classifier) that also grades sampled replies.",
     )  # fmt: skip
+
+    def clean_samples(self):
+        samples = self.cleaned_data["samples"]
+        return 1 if samples is None else samples
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -106,7 +106,9 @@ def expected_calibration_error(
     chosen when p >= 0.5, with confidence max(p, 1 - p), and is right when
     that prediction matches the outcome. Confidences in [0.5, 1] fall into
     `bins` equal-width bins (1.0 into the last); ECE is the sum over bins of
-    (bin size / n) * |accuracy - mean confidence|.
+    (bin size / n) * |accuracy - mean confidence|. Where resampling cannot
+    spread (one item, or every resample alike) the interval is the whole
+    range [0, 1] rather than a zero width.
     """
     p = np.asarray(probabilities, dtype=float)
     hit = np.asarray(outcomes).astype(bool)
@@ -137,6 +139,8 @@ def expected_calibration_error(
         sums = np.bincount(slot.ravel(), weights=gap[picks].ravel(), minlength=rows * bins)
         scores.append(np.abs(sums.reshape(rows, bins)).sum(axis=1) / n)
     low, high = np.percentile(np.concatenate(scores), [2.5, 97.5])
+    if n < 2 or _zero_width(low, high):
+        return Estimate(value, 0.0, 1.0, int(n))
     return Estimate(value, float(low), float(high), int(n))
 
 

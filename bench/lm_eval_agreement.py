@@ -59,6 +59,7 @@ def main() -> int:
     keel_seconds = time.perf_counter() - started
     ours = {i.item_id: s for i, s in zip(items, scores, strict=True)}
     flops = model_flops(loaded, counted)
+    same_work_seconds = time_conditional_only(loaded, items)
 
     with tempfile.TemporaryDirectory() as tmp:
         yaml = export_lm_eval(suite, Path(tmp) / "task", tokenizer=loaded.tokenizer)
@@ -105,6 +106,10 @@ def main() -> int:
         "lm_eval_startup_and_one_item_seconds": round(lm_startup, 1),
         "lm_eval_items_per_second": round((n - 1) / (lm_seconds - lm_startup), 3),
         "speedup": round((n / keel_seconds) / ((n - 1) / (lm_seconds - lm_startup)), 2),
+        "keel_same_work_seconds": round(same_work_seconds, 1),
+        "speedup_same_work": round(
+            (n / same_work_seconds) / ((n - 1) / (lm_seconds - lm_startup)), 2
+        ),
         "keel_work": counted,
         "keel_model_gflop_per_second": round(flops / keel_seconds / 1e9, 1),
         "matmul_peak_gflop_per_second": round(peak / 1e9, 1),
@@ -112,6 +117,24 @@ def main() -> int:
         "dtype": str(loaded.dtype),
     }, indent=2))  # fmt: skip
     return 0
+
+
+def time_conditional_only(loaded, items) -> float:
+    """Keel's engine doing only what lm-eval does: both replies after the conversation,
+    without the empty-turn calibration."""
+    from gpu_tasks.engine.scoring import continuation_logprobs, render_prompt
+
+    tok = loaded.tokenizer
+    children = {
+        tuple(render_prompt(tok, i.messages, None)): {
+            tuple(tok(r, add_special_tokens=False)["input_ids"]): None
+            for r in (i.chosen, i.rejected)
+        }
+        for i in items
+    }
+    started = time.perf_counter()
+    continuation_logprobs(loaded, children)
+    return time.perf_counter() - started
 
 
 def matmul_peak(dtype, size: int = 2048, repeats: int = 10) -> float:

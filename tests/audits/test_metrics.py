@@ -181,3 +181,11 @@ def test_bbq_rejects_unknown_labels():
         bbq_bias_scores(_bbq("vague", True, "stereotyped-answer", 1))
     with pytest.raises(ValueError, match="rejected_kind"):
         bbq_bias_scores(_bbq("ambiguous", True, "unknown-answer", 1))
+
+
+def test_ece_of_one_item_is_not_reported_as_exact():
+    from audits.metrics import expected_calibration_error
+
+    e = expected_calibration_error([0.9], [1])
+    assert e.value == pytest.approx(0.1)
+    assert (e.ci_low, e.ci_high) == (0.0, 1.0)

@@ -70,6 +70,7 @@ def test_an_operator_queues_an_audit(
     assert audit.conditions == ["neutral", "flattery"]
     assert audit.config["conditions"] == ["flattery", "neutral"]
     assert audit.runs.get().status == Status.QUEUED
+    assert audit.config["generation"]["samples"] == 1  # the default when the form omits it
     assert len(callbacks) == 1
 
 
@@ -169,3 +170,18 @@ def test_the_audit_page_summarises_each_suite_with_intervals(client, viewer, fin
     assert "By suite and misalignment family" in page
     overall = finished_audit.scores.get(domain="", trait="", family="", metric="accuracy")
     assert f"{overall.value:.3f} ({overall.ci_low:.3f} to {overall.ci_high:.3f})" in page
+
+
+def test_the_audit_form_explains_a_bad_sample_count_and_queues_nothing(client, operator,
+                                                                      tiny_checkpoint,
+                                                                      starter_suite):  # fmt: skip
+    client.force_login(operator)
+    response = client.post("/audits/new/", {
+        "checkpoint": "tiny-llama", "suites": [starter_suite.pk], "profile": "quick",
+        "seed": 0, "samples": 99, "judge": "no-such-model",
+    })  # fmt: skip
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Ensure this value is less than or equal to 16." in page
+    assert "Select a valid choice" in page
+    assert not Audit.objects.exists()

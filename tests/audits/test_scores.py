@@ -84,3 +84,13 @@ def test_a_pitfall_criterion_counts_when_the_reply_avoids_it():
     # falls into the pitfall: loses its quarter
     assert weighted_grade([(3, 1.0), (-1, 1.0)]) == 0.75
     assert weighted_grade([(0, 0.4), (0, 0.6)]) == 0.5
+
+
+def test_one_item_groups_of_a_quick_audit_have_no_zero_width_interval(tiny_checkpoint):
+    steering = load_keel_suite("steering-helpful")
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[steering], samples=1)
+    run = audit.runs.get()
+    run_evaluation(run.pk)
+    singles = Score.objects.filter(run=run, n=1)
+    assert singles.exists()
+    assert not Score.objects.filter(run=run).extra(where=["ci_low = ci_high"]).exists()

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from audits.builtin import DEFAULT_SUITES
+from audits.comparison import compare_runs
 from audits.conditions import CONDITIONS
 from audits.metrics import finite_or_none
 from audits.models import FINISHED, Audit, Profile, Status, Suite
@@ -49,11 +50,24 @@ class Command(BaseCommand):
         run.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
         run.add_argument("--json", action="store_true", help="print the result as JSON")
         run.add_argument("--id-only", action="store_true", help="print only the audit's id")
+        compare = sub.add_parser("compare", help="paired differences between two audits")
+        compare.add_argument("first", type=int, help="audit id (differences are first - second)")
+        compare.add_argument("second", type=int, help="audit id to compare against")
+        compare.add_argument("--all", action="store_true", help="every cell, not only overall")
+        compare.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args, action: str, **options):
+        if action == "compare":
+            return self._compare(options)
         checkpoint = self._checkpoint(options["checkpoint"], "checkpoint")
-        judge = None if options["judge"] == "none" else self._checkpoint(options["judge"], "judge")
-        reward = options["reward_model"] and self._checkpoint(options["reward_model"], "reward")
+        judge = (
+            None
+            if options["judge"] == "none"
+            else self._checkpoint(options["judge"], "judge checkpoint")
+        )
+        reward = options["reward_model"] and self._checkpoint(
+            options["reward_model"], "reward model"
+        )
         if not 0 <= options["samples"] <= MAX_SAMPLES:
             raise CommandError(f"--samples must be 0 to {MAX_SAMPLES}.", returncode=2)
         suites = self._suites(options["suites"])
@@ -79,13 +93,40 @@ class Command(BaseCommand):
             errors = "; ".join(e for e in audit.runs.values_list("error", flat=True) if e)
             raise CommandError(f"Audit {audit.pk} {audit.status}: {errors}", returncode=1)
 
+    def _compare(self, options) -> None:
+        runs = []
+        for audit_id in (options["first"], options["second"]):
+            audit = Audit.objects.filter(pk=audit_id).first()
+            if audit is None:
+                raise CommandError(f"No audit {audit_id}.", returncode=2)
+            run = audit.runs.filter(status=Status.SUCCEEDED).last()
+            if run is None:
+                raise CommandError(f"Audit {audit_id} has no finished run yet.", returncode=2)
+            runs.append(run)
+        rows = compare_runs(*runs, seed=runs[0].audit.seed)
+        if not rows:
+            raise CommandError("The two audits share no scored item and condition.", returncode=2)
+        if not options["all"]:
+            rows = [r for r in rows if not r["domain"]]
+        if options["json"]:
+            clean = [r | {"ci_low": finite_or_none(r["ci_low"]),
+                          "ci_high": finite_or_none(r["ci_high"])} for r in rows]  # fmt: skip
+            self.stdout.write(json.dumps(clean, indent=2, allow_nan=False))
+            return
+        for r in rows:
+            where = "/".join(p for p in (r["suite"], r["condition"], r["domain"], r["trait"],
+                                         r["family"]) if p)  # fmt: skip
+            mark = " *" if r["significant"] else ""
+            self.stdout.write(
+                f"{where} {r['metric']}: {r['difference']:+.3f} ({r['ci_low']:+.3f} to "
+                f"{r['ci_high']:+.3f}), n={r['n']}, flipped {r['flipped']}{mark}"
+            )
+
     def _checkpoint(self, name: str, role: str) -> Checkpoint:
         found = Checkpoint.objects.filter(name=name).first()
         if found is None:
             names = ", ".join(Checkpoint.objects.values_list("name", flat=True)) or "none"
-            raise CommandError(
-                f"No {role} checkpoint named {name!r} (registered: {names}).", returncode=2
-            )
+            raise CommandError(f"No {role} named {name!r} (registered: {names}).", returncode=2)
         return found
 
     def _suites(self, names: list[str] | None) -> list[Suite]:

@@ -1,0 +1,50 @@
+"""Two checkpoints on the same items: paired differences with intervals.
+
+Results are paired by (item, condition); only pairs both runs scored count.
+Differences are first minus second, bootstrapped over conversations; a
+difference is flagged only when its 95% interval excludes zero.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from audits.metrics import Estimate, paired_difference
+from audits.models import ItemResult, Run
+from audits.scoring import _cells, _pools, conversation
+
+
+def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
+    theirs = {(r.item_id, r.condition): r for r in ItemResult.objects.filter(run=second)}
+    groups: dict[tuple, list[tuple[ItemResult, ItemResult]]] = defaultdict(list)
+    mine = ItemResult.objects.filter(run=first).select_related("item", "item__suite")
+    for result in mine.order_by("item__item_id", "condition"):
+        other = theirs.get((result.item_id, result.condition))
+        if other is None:
+            continue
+        item = result.item
+        for pool in _pools(result.condition, item.kind):
+            for cell in _cells(item):
+                groups[(item.suite.name, pool, *cell)].append((result, other))
+    rows = []
+    for (suite, condition, domain, trait, family), pairs in groups.items():
+        clusters = [conversation(a.item) for a, _ in pairs]
+        for metric, estimate in (
+            ("margin", paired_difference([a.margin for a, _ in pairs],
+                                         [b.margin for _, b in pairs], seed, clusters)),
+            ("accuracy", paired_difference([float(a.won) for a, _ in pairs],
+                                           [float(b.won) for _, b in pairs], seed, clusters)),
+        ):  # fmt: skip
+            rows.append(_row(suite, condition, domain, trait, family, metric, estimate, pairs))
+    return rows
+
+
+def _row(suite, condition, domain, trait, family, metric, e: Estimate, pairs) -> dict:
+    return {
+        "suite": suite, "condition": condition, "domain": domain, "trait": trait,
+        "family": family, "metric": metric, "difference": e.value, "ci_low": e.ci_low,
+        "ci_high": e.ci_high, "n": e.n,
+        "better": sum(a.margin > b.margin for a, b in pairs),
+        "flipped": sum(a.won != b.won for a, b in pairs),
+        "significant": e.ci_low > 0 or e.ci_high < 0,
+    }  # fmt: skip
