@@ -53,6 +53,7 @@ class AuditForm(forms.Form):
         defaults = newest.filter(name__in=DEFAULT_SUITES).values_list("pk", flat=True)
         self.fields["suites"].initial = list(defaults)
         self.fields["judge"].initial = settings.KEEL_DEFAULT_CHECKPOINT
+        self.fields["checkpoint"].initial = settings.KEEL_DEFAULT_CHECKPOINT
 
 
 class SuiteImportForm(forms.Form):
