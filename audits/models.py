@@ -238,6 +238,26 @@ class ItemResult(models.Model):
         return f"{self.item} under {self.condition}: margin {self.margin:+.3f}"
 
 
+class Calibration(models.Model):
+    """A reply's log-likelihood after an empty user turn, for one checkpoint: it depends on
+    nothing else, so every audit of the checkpoint reuses it (and gets the same value)."""
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE)
+    precision = models.CharField(max_length=50, help_text="device type and dtype, e.g. cpu float32")
+    reply_hash = models.CharField(max_length=64, help_text="sha256 of the reply text")
+    logp = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["checkpoint", "precision", "reply_hash"], name="calibration_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint} {self.reply_hash[:12]}: {self.logp:.3f}"
+
+
 class Generation(models.Model):
     """One sampled reply to an item under a condition."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -10,7 +11,16 @@ from django.db import transaction
 
 from audits import progress
 from audits.conditions import NEUTRAL, condition_of, conditions_for, system_prompt
-from audits.models import FINISHED, Generation, Grade, Item, ItemResult, Run, Status
+from audits.models import (
+    FINISHED,
+    Calibration,
+    Generation,
+    Grade,
+    Item,
+    ItemResult,
+    Run,
+    Status,
+)
 from audits.profiles import generation_items, select_items
 from audits.scoring import scores_compute
 from gpu_tasks import progress as worker_progress
@@ -56,30 +66,50 @@ def _score_and_store(run: Run, loaded, chunk: list[tuple[Item, str]]) -> None:
         PairRequest(item.messages, item.chosen, item.rejected, system_prompt(cond))
         for item, cond in chunk
     ]
-    scores = score_pairs(loaded, requests, batch_tokens=settings.KEEL_BATCH_TOKENS)
-    ItemResult.objects.bulk_create(
-        [
-            ItemResult(
-                run=run,
-                item=item,
-                condition=cond,
-                checkpoint=run.checkpoint,
-                logp_chosen=s.logp_chosen,
-                logp_rejected=s.logp_rejected,
-                logp_chosen_unconditional=s.logp_chosen_unconditional,
-                logp_rejected_unconditional=s.logp_rejected_unconditional,
-                tokens_chosen=s.tokens_chosen,
-                tokens_rejected=s.tokens_rejected,
-                margin=s.margin,
-                margin_mean_token=s.margin_mean_token,
-                won=s.margin > 0,
-            )  # fmt: skip
-            for (item, cond), s in zip(chunk, scores, strict=True)
-        ],
-        update_conflicts=True,
-        unique_fields=["run", "item", "condition"],
-        update_fields=RESULT_FIELDS,
+    precision = f"{loaded.device.type} {str(loaded.dtype).removeprefix('torch.')}"
+    replies = {_digest(t): t for item, _ in chunk for t in (item.chosen, item.rejected)}
+    known = Calibration.objects.filter(
+        checkpoint=run.checkpoint, precision=precision, reply_hash__in=list(replies)
+    ).values_list("reply_hash", "logp")
+    calibration = {replies[digest]: logp for digest, logp in known}
+    already = set(calibration)
+    scores = score_pairs(
+        loaded, requests, batch_tokens=settings.KEEL_BATCH_TOKENS, calibration=calibration
     )
+    with transaction.atomic():
+        Calibration.objects.bulk_create(
+            [Calibration(checkpoint=run.checkpoint, precision=precision,
+                         reply_hash=_digest(text), logp=logp)
+             for text, logp in calibration.items() if text not in already],
+            ignore_conflicts=True,
+        )  # fmt: skip
+        ItemResult.objects.bulk_create(
+            [
+                ItemResult(
+                    run=run,
+                    item=item,
+                    condition=cond,
+                    checkpoint=run.checkpoint,
+                    logp_chosen=s.logp_chosen,
+                    logp_rejected=s.logp_rejected,
+                    logp_chosen_unconditional=s.logp_chosen_unconditional,
+                    logp_rejected_unconditional=s.logp_rejected_unconditional,
+                    tokens_chosen=s.tokens_chosen,
+                    tokens_rejected=s.tokens_rejected,
+                    margin=s.margin,
+                    margin_mean_token=s.margin_mean_token,
+                    won=s.margin > 0,
+                )  # fmt: skip
+                for (item, cond), s in zip(chunk, scores, strict=True)
+            ],
+            update_conflicts=True,
+            unique_fields=["run", "item", "condition"],
+            update_fields=RESULT_FIELDS,
+        )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _evaluate(run: Run) -> None:

@@ -96,34 +96,53 @@ def score_pairs(
     *,
     batch_tokens: int = 4096,
     on_batch: Callable[[int], None] | None = None,
+    calibration: dict[str, float] | None = None,
 ) -> list[PairScore]:
-    """Score every request; `on_batch` hears how many replies each batch scored."""
+    """Score every request; `on_batch` hears how many replies each batch scored.
+
+    `calibration` maps a reply's text to its empty-turn log-likelihood: replies
+    found there are not scored again, and newly scored ones are added to it.
+    Conversations and empty-turn replies go in separate batches, so what is
+    already known never changes how the conversations are batched.
+    """
     tok = loaded.tokenizer
+    calibration = {} if calibration is None else calibration
     reply_ids: dict[str, Tokens] = {}
-    empty = tuple(render_prompt(tok, EMPTY_TURN, None))
-    children: dict[Tokens, dict[Tokens, None]] = {}  # prefix -> its replies, in first-seen order
+    conversations: dict[Tokens, dict[Tokens, None]] = {}  # prefix -> replies, first-seen order
+    uncalibrated: dict[Tokens, str] = {}
     plans = []
     for req in requests:
         prompt = tuple(render_prompt(tok, req.messages, req.system))
-        keys = []
         for reply in (req.chosen, req.rejected):
             if reply not in reply_ids:
                 reply_ids[reply] = tuple(tok(reply, add_special_tokens=False)["input_ids"])
             ids = reply_ids[reply]
             if not ids:
                 raise ValueError("a reply is empty after tokenisation")
-            keys += [(prompt, ids), (empty, ids)]
-        for prefix, ids in keys:
-            children.setdefault(prefix, {})[ids] = None
-        plans.append(keys)
+            conversations.setdefault(prompt, {})[ids] = None
+            if reply not in calibration:
+                uncalibrated[ids] = reply
+        plans.append((prompt, req.chosen, req.rejected))
 
-    logps = continuation_logprobs(loaded, children, batch_tokens=batch_tokens, on_batch=on_batch)
+    logps = continuation_logprobs(
+        loaded, conversations, batch_tokens=batch_tokens, on_batch=on_batch
+    )
+    if uncalibrated:
+        empty = tuple(render_prompt(tok, EMPTY_TURN, None))
+        fresh = continuation_logprobs(
+            loaded, {empty: dict.fromkeys(uncalibrated)}, batch_tokens=batch_tokens,
+            on_batch=on_batch,
+        )  # fmt: skip
+        for ids, reply in uncalibrated.items():
+            calibration[reply] = fresh[empty, ids]
+
     scores = []
-    for keys in plans:
-        chosen, chosen_u, rejected, rejected_u = (logps[k] for k in keys)
-        scores.append(
-            PairScore(chosen, rejected, chosen_u, rejected_u, len(keys[0][1]), len(keys[2][1]))
-        )
+    for prompt, chosen, rejected in plans:
+        c, r = reply_ids[chosen], reply_ids[rejected]
+        scores.append(PairScore(
+            logps[prompt, c], logps[prompt, r], calibration[chosen], calibration[rejected],
+            len(c), len(r),
+        ))  # fmt: skip
     return scores
 
 

@@ -123,3 +123,26 @@ def test_each_condition_is_scored_with_one_shared_calibration(tiny_checkpoint, s
     assert neutral.logp_chosen != flattery.logp_chosen
     assert neutral.logp_chosen_unconditional == flattery.logp_chosen_unconditional
     assert Score.objects.filter(run=run, condition="flattery", domain="", trait="").exists()
+
+
+def test_a_checkpoints_calibration_is_scored_once_and_reused(tiny_checkpoint, starter_suite):
+    from audits.models import Calibration
+
+    def run_once(conditions):
+        audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite],
+                             conditions=conditions, samples=0)  # fmt: skip
+        run = audit.runs.get()
+        run_evaluation(run.pk)
+        return dict(
+            ItemResult.objects.filter(run=run, condition="neutral").values_list(
+                "item__item_id", "margin"
+            )
+        )
+
+    first = run_once(["neutral"])
+    replies = {t for i in starter_suite.items.all() for t in (i.chosen, i.rejected)}
+    assert Calibration.objects.filter(checkpoint=tiny_checkpoint).count() == len(replies)
+    stored = dict(Calibration.objects.values_list("reply_hash", "logp"))
+    assert run_once(["neutral"]) == first  # the second run reads the calibration: identical
+    run_once(["neutral", "flattery"])
+    assert dict(Calibration.objects.values_list("reply_hash", "logp")) == stored
