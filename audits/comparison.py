@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from audits.metrics import Estimate, paired_difference
 from audits.models import ItemResult, Run
-from audits.scoring import _cells, _pools, conversation
+from audits.scoring import conversation, group_keys
 
 
 def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
@@ -23,9 +23,8 @@ def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
         if other is None:
             continue
         item = result.item
-        for pool in _pools(result.condition, item.kind):
-            for cell in _cells(item):
-                groups[(item.suite.name, pool, *cell)].append((result, other))
+        for key in group_keys(item, result.condition):
+            groups[(item.suite.name, *key)].append((result, other))
     rows = []
     for (suite, condition, domain, trait, family), pairs in groups.items():
         clusters = [conversation(a.item) for a, _ in pairs]

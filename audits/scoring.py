@@ -39,20 +39,19 @@ def conversation(item) -> str:
     return item.messages[0]["content"] if item.messages else item.item_id
 
 
-def _cells(item) -> Iterable[tuple[str, str, str]]:
-    """Every group an item counts in, each once (an item with neither trait nor family
-    would otherwise count twice overall)."""
-    by = item.trait or "", item.family or ""
-    return dict.fromkeys([(item.domain, *by), (item.domain, "", ""), ("", *by), ("", "", "")])
-
-
-def _pools(condition: str, kind: str) -> list[str]:
+def group_keys(item, condition: str) -> Iterable[tuple[str, str, str, str]]:
+    """Every (condition or pool, domain, trait, family) group a result counts in, each once:
+    its cell, its domain, its trait or family and overall, under its condition and, for a
+    persona or an instruction, also under the pooled "adversarial" or "helpful"."""
     spec = CONDITIONS.get(condition)
-    if kind == "instruction":
-        return [condition, HELPFUL_POOL]
-    if spec is not None and spec.kind == "adversarial":
-        return [condition, ADVERSARIAL_POOL]
-    return [condition]
+    pools = [condition]
+    if item.kind == "instruction":
+        pools.append(HELPFUL_POOL)
+    elif spec is not None and spec.kind == "adversarial":
+        pools.append(ADVERSARIAL_POOL)
+    by = item.trait or "", item.family or ""
+    cells = dict.fromkeys([(item.domain, *by), (item.domain, "", ""), ("", *by), ("", "", "")])
+    return [(pool, *cell) for pool in pools for cell in cells]
 
 
 @transaction.atomic
@@ -65,9 +64,8 @@ def scores_compute(run: Run) -> int:
         item = result.item
         if result.condition == NEUTRAL:
             neutral[item.pk] = result
-        for pool in _pools(result.condition, item.kind):
-            for cell in _cells(item):
-                groups[(item.suite_id, pool, *cell)].append(result)
+        for key in group_keys(item, result.condition):
+            groups[(item.suite_id, *key)].append(result)
 
     estimates: list[tuple[tuple, str, Estimate]] = []
     for key, members in groups.items():
@@ -153,9 +151,8 @@ def _grade_estimates(run: Run) -> list[tuple[tuple, str, Estimate]]:
         generation = generations[generation_id]
         item = generation.item
         value = weighted_grade([(g.weight, g.score) for g in grades])
-        for pool in _pools(generation.condition, item.kind):
-            for cell in _cells(item):
-                groups[(item.suite_id, pool, *cell), kind].append((conversation(item), value))
+        for key in group_keys(item, generation.condition):
+            groups[(item.suite_id, *key), kind].append((conversation(item), value))
     return [
         (key, GRADE_METRICS[kind],
          bootstrap_mean([v for _, v in members], run.audit.seed, [c for c, _ in members]))

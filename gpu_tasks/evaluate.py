@@ -48,16 +48,14 @@ def run_evaluation(run_id: int) -> None:
         log.info("run %s already %s; nothing to do", run.pk, run.status)
         return
     if run.cancel_requested:
-        run.mark_finished(Status.CANCELLED)
-        progress.publish(run.audit_id)
+        _finish(run, Status.CANCELLED)
         return
     try:
         _evaluate(run)
     except Exception as exc:
         log.exception("run %s failed", run.pk)
         run.refresh_from_db()
-        run.mark_finished(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        progress.publish(run.audit_id)
+        _finish(run, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
 
 
@@ -66,7 +64,7 @@ def _score_and_store(run: Run, loaded, chunk: list[tuple[Item, str]]) -> None:
         PairRequest(item.messages, item.chosen, item.rejected, system_prompt(cond))
         for item, cond in chunk
     ]
-    precision = f"{loaded.device.type} {str(loaded.dtype).removeprefix('torch.')}"
+    precision = describe(loaded.device, loaded.dtype, with_name=False)
     replies = {_digest(t): t for item, _ in chunk for t in (item.chosen, item.rejected)}
     known = Calibration.objects.filter(
         checkpoint=run.checkpoint, precision=precision, reply_hash__in=list(replies)
@@ -145,8 +143,7 @@ def _evaluate(run: Run) -> None:
         if not fresh:
             continue
         if worker_progress.cancel_requested(run):
-            run.mark_finished(Status.CANCELLED)
-            progress.publish(run.audit_id)
+            _finish(run, Status.CANCELLED)
             return
         _score_and_store(run, loaded, chunk)
         worker_progress.report(run, done=run.progress_done + fresh)
@@ -159,7 +156,11 @@ def _evaluate(run: Run) -> None:
     count = scores_compute(run)
     run.log(f"{scoring} item results, {count} scores")
     run.stage = "done"
-    run.mark_finished(Status.SUCCEEDED)
+    _finish(run, Status.SUCCEEDED)
+
+
+def _finish(run: Run, status: Status, error: str = "") -> None:
+    run.mark_finished(status, error=error)
     progress.publish(run.audit_id)
 
 
@@ -182,8 +183,7 @@ def _generate_and_grade(run: Run, loaded, work: list, stored: set) -> None:
         if not fresh:
             continue
         if worker_progress.cancel_requested(run):
-            run.mark_finished(Status.CANCELLED)
-            progress.publish(run.audit_id)
+            _finish(run, Status.CANCELLED)
             return
         seed = run.audit.seed + start
         replies = sample_replies(

@@ -54,8 +54,10 @@ def cpu_bf16_speedup(size: int = 512, repeats: int = 5) -> float:
     return seconds(torch.float32) / seconds(torch.bfloat16)
 
 
-def describe(device: torch.device, dtype: torch.dtype) -> str:
+def describe(device: torch.device, dtype: torch.dtype, *, with_name: bool = True) -> str:
+    """ "cpu float32", or with the GPU's index and name; without it, what calibration
+    scores are keyed by (any two GPUs of a kind give the same numbers)."""
     precision = str(dtype).removeprefix("torch.")
-    if device.type == "cuda":
+    if device.type == "cuda" and with_name:
         return f"cuda:{torch.cuda.current_device()} {torch.cuda.get_device_name()} {precision}"
     return f"{device.type} {precision}"
