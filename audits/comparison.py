@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from audits.metrics import Estimate, paired_difference
-from audits.models import ItemResult, Run
+from audits.models import ItemResult, Plan, Run, RunKind, Status
 from audits.scoring import conversation, group_keys
 
 
@@ -47,3 +47,37 @@ def _row(suite, condition, domain, trait, family, metric, e: Estimate, pairs) ->
         "flipped": sum(a.won != b.won for a, b in pairs),
         "significant": e.ci_low > 0 or e.ci_high < 0,
     }  # fmt: skip
+
+
+def variant_runs(audit) -> tuple[Run, Run] | None:
+    """(variant's evaluate run, base's evaluate run) of a train-and-evaluate audit,
+    once both have succeeded."""
+    if audit.plan != Plan.TRAIN_AND_EVALUATE:
+        return None
+    done = audit.runs.filter(kind=RunKind.EVALUATE, status=Status.SUCCEEDED)
+    base = done.filter(checkpoint=audit.checkpoint).last()
+    variant = done.exclude(checkpoint=audit.checkpoint).last()
+    return (variant, base) if base and variant else None
+
+
+def training_deltas(audit) -> dict | None:
+    """Variant minus base, paired per item and condition: every cell, and the transfer
+    row (training domains x evaluation domain, neutral benefit margin)."""
+    runs = variant_runs(audit)
+    if runs is None:
+        return None
+    rows = compare_runs(*runs, seed=audit.seed)
+    trained = audit.config["training"]["domains"]
+    transfer = {
+        r["domain"]: {k: r[k] for k in ("difference", "ci_low", "ci_high", "n", "better",
+                                         "significant")} | {"trained_on": r["domain"] in trained}
+        for r in rows
+        if r["metric"] == "margin" and r["condition"] == "neutral" and r["domain"]
+        and not r["trait"] and not r["family"] and r["suite"] == "beneficial"
+    }  # fmt: skip
+    return {
+        "variant": runs[0].checkpoint.name,
+        "base": runs[1].checkpoint.name,
+        "rows": rows,
+        "transfer": {"+".join(trained): dict(sorted(transfer.items()))},
+    }

@@ -89,6 +89,7 @@ FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
 class Plan(models.TextChoices):
     EVALUATE = "evaluate", "Evaluate only"
+    TRAIN_AND_EVALUATE = "train-and-evaluate", "Train a trait-aligned variant, evaluate both"
 
 
 class Profile(models.TextChoices):

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 
 from audits.conditions import CONDITIONS
-from audits.models import Audit, Plan, Profile, Run, RunKind, Suite
+from audits.models import DOMAINS, TRAITS, Audit, Item, Plan, Profile, Run, RunKind, Suite
 from audits.profiles import default_conditions
 from models_registry.models import Checkpoint
 
@@ -40,8 +40,19 @@ def audit_create(
     samples: int = 1,
     judge: Checkpoint | None = None,
     reward_model: Checkpoint | None = None,
+    plan: str = Plan.EVALUATE,
+    method: str = "dpo",
+    traits: list[str] | None = None,
+    train_domains: list[str] | None = None,
+    trait_reward: Checkpoint | None = None,
+    steps: int | None = None,
+    train_profile: str | None = None,
 ) -> Audit:
-    """Create an audit and its runs, and queue them once the transaction commits."""
+    """Create an audit and its runs, and queue them once the transaction commits.
+
+    ``train-and-evaluate`` first trains a LoRA variant of the checkpoint (``method``
+    on the train split of ``traits`` x ``train_domains``), then evaluates the base
+    and the variant on the same items and conditions."""
     conditions = conditions or default_conditions(profile)
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
@@ -67,9 +78,16 @@ def audit_create(
         },  # fmt: skip
         "keel": settings.KEEL_VERSION,
     }
+    if plan not in Plan.values:
+        raise ValueError(f"unknown plan {plan!r} (one of {', '.join(Plan.values)})")
+    if plan == Plan.TRAIN_AND_EVALUATE:
+        config["training"] = training_config(
+            checkpoint, suites, train_profile or profile, seed, method, traits, train_domains,
+            trait_reward, steps,
+        )  # fmt: skip
     audit = Audit.objects.create(
         checkpoint=checkpoint,
-        plan=Plan.EVALUATE,
+        plan=plan,
         conditions=conditions,
         profile=profile,
         seed=seed,
@@ -78,12 +96,55 @@ def audit_create(
         created_by=user if user is not None and user.is_authenticated else None,
     )
     audit.suites.set(suites)
-    run = Run.objects.create(audit=audit, kind=RunKind.EVALUATE, checkpoint=checkpoint)
-    transaction.on_commit(lambda: _enqueue(run.pk))
+    if plan == Plan.TRAIN_AND_EVALUATE:
+        run_queue(audit, RunKind.TRAIN, checkpoint)
+    run_queue(audit, RunKind.EVALUATE, checkpoint)
     return audit
 
 
-def _enqueue(run_id: int) -> None:
-    from gpu_tasks.tasks import evaluate_run
+def training_config(checkpoint, suites, profile, seed, method, traits, domains, reward, steps):
+    """The training part of an audit's config, validated: what changes the variant."""
+    from gpu_tasks.engine.training import spec_for
 
-    evaluate_run.delay(run_id)
+    if checkpoint.kind != "policy":
+        raise ValueError(f"{checkpoint.name} is a reward model; train a language model")
+    traits, domains = list(traits or TRAITS), list(domains or [])
+    if not domains:
+        raise ValueError("choose at least one training domain")
+    for label, chosen, known in (("trait", traits, TRAITS), ("domain", domains, DOMAINS)):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {label}(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if reward is not None and reward.kind != "reward":
+        raise ValueError(f"{reward.name} is not a reward model (a one-output classifier)")
+    spec = spec_for(method, profile, seed=seed, **({"steps": steps} if steps else {}))
+    pairs = Item.objects.filter(
+        suite__in=suites, split="train", trait__in=traits, domain__in=domains
+    ).exclude(chosen="")
+    if not pairs.exists():
+        raise ValueError(
+            "the chosen suites have no train items for those traits and domains; include "
+            "the 'beneficial' suite, which has a train split"
+        )
+    return {
+        "method": method,
+        "profile": "quick" if profile == "quick" else "standard",
+        "traits": sorted(traits),
+        "domains": sorted(domains),
+        "spec": spec.as_config(),
+        "train_items": sorted(pairs.values_list("item_id", flat=True)),
+        "trait_reward": {reward.name: reward.fingerprint} if reward else {},
+    }
+
+
+def run_queue(audit: Audit, kind: str, checkpoint: Checkpoint) -> Run:
+    """A new run of the audit, queued on its Celery queue once the transaction commits."""
+    run = Run.objects.create(audit=audit, kind=kind, checkpoint=checkpoint)
+    transaction.on_commit(lambda: _enqueue(run.pk, kind))
+    return run
+
+
+def _enqueue(run_id: int, kind: str) -> None:
+    from gpu_tasks.tasks import evaluate_run, train_run
+
+    (train_run if kind == RunKind.TRAIN else evaluate_run).delay(run_id)

@@ -9,10 +9,8 @@ import torch
 from django.conf import settings
 from django.db import transaction
 
-from audits import progress
 from audits.conditions import NEUTRAL, condition_of, conditions_for, system_prompt
 from audits.models import (
-    FINISHED,
     Calibration,
     Generation,
     Grade,
@@ -24,10 +22,11 @@ from audits.models import (
 from audits.profiles import generation_items, select_items
 from audits.scoring import scores_compute
 from gpu_tasks import progress as worker_progress
+from gpu_tasks.checkpoints import load_policy
 from gpu_tasks.engine.devices import describe
 from gpu_tasks.engine.generation import sample_replies
 from gpu_tasks.engine.graders import Case, judge_grades, reward_grades, rule_grades
-from gpu_tasks.engine.loading import load, load_classifier
+from gpu_tasks.engine.loading import load_classifier
 from gpu_tasks.engine.scoring import PairRequest, score_pairs
 from models_registry.inspection import resolve_under_roots
 from models_registry.models import Checkpoint
@@ -43,20 +42,7 @@ RESULT_FIELDS = [
 
 
 def run_evaluation(run_id: int) -> None:
-    run = Run.objects.select_related("audit", "checkpoint").get(pk=run_id)
-    if run.status in FINISHED:
-        log.info("run %s already %s; nothing to do", run.pk, run.status)
-        return
-    if run.cancel_requested:
-        _finish(run, Status.CANCELLED)
-        return
-    try:
-        _evaluate(run)
-    except Exception as exc:
-        log.exception("run %s failed", run.pk)
-        run.refresh_from_db()
-        _finish(run, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        raise
+    worker_progress.execute(run_id, _evaluate)
 
 
 def _score_and_store(run: Run, loaded, chunk: list[tuple[Item, str]]) -> None:
@@ -113,7 +99,7 @@ def _digest(text: str) -> str:
 def _evaluate(run: Run) -> None:
     checkpoint = run.checkpoint
     worker_progress.report(run, stage="loading model")
-    loaded = load(resolve_under_roots(checkpoint.path), checkpoint.fingerprint)
+    loaded = load_policy(checkpoint)
     run.mark_started(describe(loaded.device, loaded.dtype))
     torch.manual_seed(run.audit.seed)
 
@@ -143,7 +129,7 @@ def _evaluate(run: Run) -> None:
         if not fresh:
             continue
         if worker_progress.cancel_requested(run):
-            _finish(run, Status.CANCELLED)
+            worker_progress.finish(run, Status.CANCELLED)
             return
         _score_and_store(run, loaded, chunk)
         worker_progress.report(run, done=run.progress_done + fresh)
@@ -156,12 +142,7 @@ def _evaluate(run: Run) -> None:
     count = scores_compute(run)
     run.log(f"{scoring} item results, {count} scores")
     run.stage = "done"
-    _finish(run, Status.SUCCEEDED)
-
-
-def _finish(run: Run, status: Status, error: str = "") -> None:
-    run.mark_finished(status, error=error)
-    progress.publish(run.audit_id)
+    worker_progress.finish(run, Status.SUCCEEDED)
 
 
 def _sampling_work(run: Run, items: list[Item]) -> list[tuple[Item, str, int]]:
@@ -183,7 +164,7 @@ def _generate_and_grade(run: Run, loaded, work: list, stored: set) -> None:
         if not fresh:
             continue
         if worker_progress.cancel_requested(run):
-            _finish(run, Status.CANCELLED)
+            worker_progress.finish(run, Status.CANCELLED)
             return
         seed = run.audit.seed + start
         replies = sample_replies(
@@ -216,7 +197,7 @@ def _generate_and_grade(run: Run, loaded, work: list, stored: set) -> None:
             per_case.append(grade)
     for name, fingerprint in (spec.get("judge") or {}).items():
         model = Checkpoint.objects.get(name=name, fingerprint=fingerprint)
-        judge = load(resolve_under_roots(model.path), fingerprint)
+        judge = load_policy(model)
         for per_case, judged in zip(grades, judge_grades(judge, name, cases), strict=True):
             per_case += judged
     with transaction.atomic():  # regrading replaces, never duplicates

@@ -6,6 +6,13 @@ from celery import shared_task
 
 
 @shared_task(acks_late=True)
+def train_run(run_id: int) -> None:
+    from gpu_tasks.train import run_training
+
+    run_training(run_id)
+
+
+@shared_task(acks_late=True)
 def evaluate_run(run_id: int) -> None:
     from gpu_tasks.evaluate import run_evaluation
 

@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
 @dataclass(frozen=True)
 class CheckpointFacts:
     path: Path
-    format: str  # "hf" or "gguf"
+    format: str  # "hf", "gguf" or "peft"
     weight_files: tuple[Path, ...]
     fingerprint: str
     architecture: str
@@ -40,10 +40,13 @@ class CheckpointFacts:
     dtype: str
     has_chat_template: bool
     tokenizer: str
+    kind: str = "policy"  # or "reward": a sequence classifier with one output
 
 
 def inspect_checkpoint(raw_path: str | Path) -> CheckpointFacts:
     path = resolve_under_roots(raw_path)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        return _inspect_adapter(path)
     if path.is_dir():
         return _inspect_hf_dir(path)
     if path.suffix.lower() == ".gguf":
@@ -75,7 +78,7 @@ def resolve_under_roots(raw_path: str | Path) -> Path:
 def _inspect_hf_dir(path: Path) -> CheckpointFacts:
     config = _read_json(path / "config.json", what="config.json")
     model_type = config.get("model_type")
-    architecture = _supported_causal_lm(model_type, config.get("architectures"))
+    kind, architecture = _supported_architecture(model_type, config)
     weights = tuple(sorted(path.glob("*.safetensors")))
     if not weights:
         pickled = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -114,7 +117,63 @@ def _inspect_hf_dir(path: Path) -> CheckpointFacts:
         dtype=counts.most_common(1)[0][0].lower() if counts else "unknown",
         has_chat_template=has_template,
         tokenizer=str(tok_conf.get("tokenizer_class") or "from tokenizer.json"),
+        kind=kind,
     )
+
+
+def _inspect_adapter(path: Path) -> CheckpointFacts:
+    """A PEFT LoRA adapter folder: adapter_config.json and adapter_model.safetensors.
+    It is loaded on its parent checkpoint, which registration names."""
+    config = _read_json(path / "adapter_config.json", what="adapter_config.json")
+    if config.get("peft_type") != "LORA":
+        raise CheckpointError(
+            f"{path} holds a {config.get('peft_type')!r} adapter; Keel loads LoRA adapters only."
+        )
+    weights = path / "adapter_model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(
+            f"{path} has no adapter_model.safetensors (Keel never loads pickled adapter "
+            "weights). Save the adapter with safe_serialization=True."
+        )
+    tensors = _safetensors_tensors(weights)
+    counts: Counter[str] = Counter()
+    for dtype, numel in tensors:
+        counts[dtype] += numel
+    return CheckpointFacts(
+        path=path,
+        format="peft",
+        weight_files=(weights,),
+        fingerprint=fingerprint((weights,)),
+        architecture=f"LoRA r={config.get('r')} on {', '.join(config.get('target_modules') or [])}",
+        model_type="lora",
+        parameter_count=sum(n for _, n in tensors),
+        dtype=counts.most_common(1)[0][0].lower() if counts else "unknown",
+        has_chat_template=False,
+        tokenizer="from its parent",
+    )
+
+
+def _supported_architecture(model_type: object, config: dict) -> tuple[str, str]:
+    """("policy" or "reward", architecture) for a model transformers builds without
+    remote code: a causal LM, or a sequence classifier with one output."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    architectures = config.get("architectures")
+    first = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
+    if (
+        first.endswith("ForSequenceClassification")
+        and model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    ):
+        labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+        if labels != 1:
+            raise CheckpointError(
+                f"This classifier has {labels} outputs; a reward model has exactly one "
+                "(num_labels=1)."
+            )
+        return "reward", first
+    return "policy", _supported_causal_lm(model_type, architectures)
 
 
 def _supported_causal_lm(model_type: object, architectures: object) -> str:
@@ -131,7 +190,8 @@ def _supported_causal_lm(model_type: object, architectures: object) -> str:
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise CheckpointError(
             f"model_type {model_type!r} is not a causal language model; Keel audits "
-            "chat and text-generation models."
+            "chat and text-generation models (and uses one-output sequence classifiers as "
+            "reward models)."
         )
     if isinstance(architectures, list) and architectures:
         return str(architectures[0])

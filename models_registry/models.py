@@ -8,6 +8,12 @@ from django.urls import reverse
 class CheckpointFormat(models.TextChoices):
     HF = "hf", "Hugging Face folder (safetensors)"
     GGUF = "gguf", "GGUF file"
+    PEFT = "peft", "LoRA adapter on its parent (safetensors)"
+
+
+class CheckpointKind(models.TextChoices):
+    POLICY = "policy", "Language model"
+    REWARD = "reward", "Reward model (sequence classifier, one output)"
 
 
 class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
@@ -22,6 +28,9 @@ class Checkpoint(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     path = models.CharField(max_length=1000)
     format = models.CharField(max_length=8, choices=CheckpointFormat.choices)
+    kind = models.CharField(
+        max_length=10, choices=CheckpointKind.choices, default=CheckpointKind.POLICY
+    )
     fingerprint = models.CharField(max_length=64, unique=True, help_text="sha256 of weight files")
     architecture = models.CharField(max_length=100)
     model_type = models.CharField(max_length=50)
@@ -33,6 +42,9 @@ class Checkpoint(models.Model):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="variants"
     )
     tags = models.JSONField(default=list, blank=True)
+    training = models.JSONField(
+        default=dict, blank=True, help_text="for variants Keel trained: config, curves, time"
+    )
     notes = models.TextField(blank=True)
     registered_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -49,6 +61,13 @@ class Checkpoint(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("registry:detail", args=[self.name])
+
+    def lineage(self) -> list[Checkpoint]:
+        """This checkpoint and its ancestors, root first."""
+        chain = [self]
+        while chain[0].parent_id is not None:
+            chain.insert(0, chain[0].parent)
+        return chain
 
     @property
     def parameters_human(self) -> str:

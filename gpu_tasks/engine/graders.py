@@ -191,16 +191,20 @@ def judge_grades(judge: LoadedModel, name: str, cases: list[Case]) -> list[list[
 
 
 @torch.inference_mode()
+def reward_text(tokenizer, conversation: list[dict]) -> str:
+    """A conversation as a reward model reads it, in training and in grading alike:
+    its chat template if it has one, else one ``role: content`` line per turn."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(conversation, tokenize=False)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+
+
 def reward_grades(reward: LoadedModel, name: str, cases: list[Case]) -> list[GradeResult]:
     """The reward model's score of each full conversation, squashed to 0..1."""
     tok = reward.tokenizer
     out = []
     for case in cases:
-        conversation = [*case.messages, {"role": "assistant", "content": case.reply}]
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(conversation, tokenize=False)
-        else:
-            text = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+        text = reward_text(tok, [*case.messages, {"role": "assistant", "content": case.reply}])
         encoded = tok(text, return_tensors="pt", truncation=True).to(reward.device)
         logit = float(reward.model(**encoded).logits[0, 0])
         score = 1 / (1 + math.exp(-logit))

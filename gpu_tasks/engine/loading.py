@@ -28,12 +28,13 @@ class LoadedModel:
 _cache: dict[tuple[str, str], LoadedModel] = {}
 
 
-def load(path: str | Path, fingerprint: str) -> LoadedModel:
-    """Load once per worker process; keyed by path and fingerprint."""
+def load(path: str | Path, fingerprint: str, adapters: tuple[Path, ...] = ()) -> LoadedModel:
+    """Load once per worker process; keyed by path and fingerprint. ``adapters`` are
+    LoRA adapter folders merged onto the model in order (a variant's lineage)."""
     key = (str(path), fingerprint)
     if key not in _cache:
         _cache.clear()  # one model resident at a time keeps memory predictable
-        _cache[key] = _load(Path(path))
+        _cache[key] = load_uncached(Path(path), adapters)
     return _cache[key]
 
 
@@ -50,7 +51,7 @@ def load_tokenizer(path: str | Path):
     )
 
 
-def _load(path: Path) -> LoadedModel:
+def load_uncached(path: Path, adapters: tuple[Path, ...] = ()) -> LoadedModel:
     hf_logging.disable_progress_bar()  # progress bars flood worker logs
     device = best_device()
     dtype = best_dtype(device)
@@ -61,10 +62,20 @@ def _load(path: Path) -> LoadedModel:
         source, trust_remote_code=False, local_files_only=True, dtype=dtype,
         use_safetensors=None if gguf else True, **kwargs,
     )  # fmt: skip
+    model = merge_adapters(model, adapters)
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def merge_adapters(model: PreTrainedModel, adapters: tuple[Path, ...]) -> PreTrainedModel:
+    """Fold LoRA adapters (safetensors only) into the model's weights, in order."""
+    for adapter in adapters:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, use_safetensors=True).merge_and_unload()
+    return model
 
 
 _classifiers: dict[tuple[str, str], LoadedModel] = {}
@@ -83,6 +94,7 @@ def load_classifier(path: str | Path, fingerprint: str) -> LoadedModel:
         )  # fmt: skip
         if model.config.num_labels != 1:
             raise ValueError(f"{path} has {model.config.num_labels} outputs; a reward model has 1")
+        tokenizer.truncation_side = "left"  # a long conversation keeps its reply
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -7,11 +7,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from audits.builtin import DEFAULT_SUITES
-from audits.comparison import compare_runs
+from audits.comparison import compare_runs, training_deltas
 from audits.conditions import CONDITIONS
 from audits.metrics import finite_or_none
-from audits.models import FINISHED, Audit, Profile, Status, Suite
+from audits.models import DOMAINS, FINISHED, TRAITS, Audit, Plan, Profile, Status, Suite
 from audits.services import MAX_SAMPLES, audit_create
+from gpu_tasks.engine.training import METHODS
 from models_registry.models import Checkpoint
 
 
@@ -25,7 +26,36 @@ class Command(BaseCommand):
             "--checkpoint", default=settings.KEEL_DEFAULT_CHECKPOINT,
             help=f"checkpoint name (default: {settings.KEEL_DEFAULT_CHECKPOINT})",
         )  # fmt: skip
-        run.add_argument("--plan", choices=["evaluate"], default="evaluate")
+        run.add_argument("--plan", choices=Plan.values, default=Plan.EVALUATE)
+        run.add_argument(
+            "--method",
+            choices=METHODS,
+            default="dpo",
+            help="train-and-evaluate: how the variant is trained (default: dpo)",
+        )
+        run.add_argument(
+            "--traits",
+            nargs="+",
+            metavar="TRAIT",
+            help=f"train-and-evaluate: traits to train (default: all; {', '.join(TRAITS)})",
+        )
+        run.add_argument(
+            "--train-domains",
+            nargs="+",
+            metavar="DOMAIN",
+            help=f"train-and-evaluate: domains whose train split is used ({', '.join(DOMAINS)})",
+        )
+        run.add_argument(
+            "--trait-reward",
+            help="GRPO: registered reward model to train against "
+            "(default: train one on the same traits and domains)",
+        )
+        run.add_argument(
+            "--train-profile",
+            choices=["quick", "standard"],
+            help="size of training (default: quick with --profile quick, else standard)",
+        )
+        run.add_argument("--steps", type=int, help="training steps (default: the profile's)")
         run.add_argument(
             "--suite", action="append", dest="suites",
             help=f"suite name, repeatable (default: {' '.join(DEFAULT_SUITES)})",
@@ -70,12 +100,30 @@ class Command(BaseCommand):
         )
         if not 0 <= options["samples"] <= MAX_SAMPLES:
             raise CommandError(f"--samples must be 0 to {MAX_SAMPLES}.", returncode=2)
+        trait_reward = options["trait_reward"] and self._checkpoint(
+            options["trait_reward"], "reward model"
+        )
+        if options["steps"] is not None and options["steps"] < 1:
+            raise CommandError("--steps must be at least 1.", returncode=2)
+        training = options["plan"] == Plan.TRAIN_AND_EVALUATE
+        if training and not options["train_domains"]:
+            raise CommandError(
+                f"--plan train-and-evaluate needs --train-domains (one or more of "
+                f"{', '.join(DOMAINS)}).", returncode=2,
+            )  # fmt: skip
         suites = self._suites(options["suites"])
-        audit = audit_create(
-            checkpoint=checkpoint, suites=suites, conditions=options["conditions"],
-            profile=options["profile"], seed=options["seed"], samples=options["samples"],
-            judge=judge, reward_model=reward or None,
-        )  # fmt: skip
+        try:
+            audit = audit_create(
+                checkpoint=checkpoint, suites=suites, conditions=options["conditions"],
+                profile=options["profile"], seed=options["seed"], samples=options["samples"],
+                judge=judge, reward_model=reward or None, plan=options["plan"],
+                method=options["method"], traits=_words(options["traits"]),
+                train_domains=_words(options["train_domains"]),
+                trait_reward=trait_reward or None, steps=options["steps"],
+                train_profile=options["train_profile"],
+            )  # fmt: skip
+        except ValueError as exc:
+            raise CommandError(f"{str(exc)[:1].upper()}{str(exc)[1:]}.", returncode=2) from None
         if options["id_only"]:
             self.stdout.write(str(audit.pk))
             return
@@ -109,9 +157,7 @@ class Command(BaseCommand):
         if not options["all"]:
             rows = [r for r in rows if not r["domain"]]
         if options["json"]:
-            clean = [r | {"ci_low": finite_or_none(r["ci_low"]),
-                          "ci_high": finite_or_none(r["ci_high"])} for r in rows]  # fmt: skip
-            self.stdout.write(json.dumps(clean, indent=2, allow_nan=False))
+            self.stdout.write(json.dumps(_clean(rows), indent=2, allow_nan=False))
             return
         for r in rows:
             where = "/".join(p for p in (r["suite"], r["condition"], r["domain"], r["trait"],
@@ -143,6 +189,7 @@ class Command(BaseCommand):
     def _print(self, audit: Audit, as_json: bool) -> None:
         scores = [
             {
+                "checkpoint": s.checkpoint.name,
                 "suite": f"{s.suite.name}@{s.suite.version}",
                 "domain": s.domain,
                 "trait": s.trait,
@@ -155,13 +202,37 @@ class Command(BaseCommand):
                 "n": s.n,
             }  # fmt: skip
             for s in audit.scores.filter(domain="")
-            .select_related("suite")
-            .order_by("suite__name", "condition", "trait", "family", "metric")
+            .select_related("suite", "checkpoint")
+            .order_by("run_id", "suite__name", "condition", "trait", "family", "metric")
         ]
         if as_json:
             out = {"audit": audit.pk, "status": audit.status, "checkpoint": audit.checkpoint.name,
                    "profile": audit.profile, "conditions": audit.conditions,
                    "config_hash": audit.config_hash, "summary": scores}  # fmt: skip
+            deltas = training_deltas(audit)
+            if deltas is not None:
+                variant = Checkpoint.objects.get(name=deltas["variant"])
+                out["training"] = {k: v for k, v in variant.training.items() if k != "curves"}
+                out["variant"] = deltas["variant"]
+                out["transfer"] = _clean(deltas["transfer"])
+                out["deltas"] = _clean([r for r in deltas["rows"] if not r["domain"]])
             self.stdout.write(json.dumps(out, indent=2, default=str, allow_nan=False))
         else:
             self.stdout.write(f"Audit {audit.pk}: {audit.status}")
+
+
+def _words(values: list[str] | None) -> list[str] | None:
+    """Accept "a b", "a,b" and "a, b" alike."""
+    if values is None:
+        return None
+    return [w for v in values for w in v.replace(",", " ").split()]
+
+
+def _clean(data):
+    """Infinite interval ends (too few items) become null in JSON."""
+    if isinstance(data, dict):
+        return {k: finite_or_none(v) if k in ("ci_low", "ci_high") else _clean(v)
+                for k, v in data.items()}  # fmt: skip
+    if isinstance(data, list):
+        return [_clean(v) for v in data]
+    return data
