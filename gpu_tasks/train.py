@@ -31,7 +31,7 @@ from gpu_tasks.engine.training import (
     train_reward_model,
     training_device,
 )
-from models_registry.inspection import resolve_under_roots
+from models_registry.inspection import fingerprint, resolve_under_roots
 from models_registry.models import Checkpoint
 from models_registry.services import checkpoint_register
 
@@ -107,12 +107,15 @@ def _train(run: Run) -> None:
         "curves": _curves(result.history),
     }
     name = variant_name(run)
-    target = settings.KEEL_MODELS_DIR / "variants" / name
-    if not target.exists():
-        shutil.copytree(result.adapter_dir, target)
     with transaction.atomic():
-        variant = Checkpoint.objects.filter(name=name, parent=base).first()
-        if variant is None:  # a redelivered task after registration must not register twice
+        # A redelivered task after registration must not register twice, and training
+        # is deterministic: the same config on the same base gives the same weights.
+        weights = fingerprint((result.adapter_dir / "adapter_model.safetensors",))
+        variant = Checkpoint.objects.filter(parent=base, fingerprint=weights).first()
+        if variant is not None:
+            run.log(f"these weights are already registered as {variant.name}; reusing it")
+        else:
+            target = _publish(result.adapter_dir, "variants", name)
             variant = checkpoint_register(
                 path=target, name=name, parent=base, training=record, tags=["variant"],
                 notes=f"{spec.method} on {', '.join(training['domains'])} for "
@@ -120,20 +123,20 @@ def _train(run: Run) -> None:
                 user=audit.created_by,
             )  # fmt: skip
         run.log(f"registered {variant.name} ({result.steps} steps, {result.wall_seconds:.0f} s)")
-        run.stage = "done"
-        run.mark_finished(Status.SUCCEEDED)
         if not audit.runs.filter(kind=RunKind.EVALUATE, checkpoint=variant).exists():
             from audits.services import run_queue
 
-            run_queue(audit, RunKind.EVALUATE, variant)
+            run_queue(audit, RunKind.EVALUATE, variant)  # first, so the audit stays running
+        run.stage = "done"
+        run.mark_finished(Status.SUCCEEDED)
     progress.publish(audit.pk)
     shutil.rmtree(work / "trainer", ignore_errors=True)
 
 
 def _trait_reward(run: Run, training: dict, work: Path) -> Checkpoint:
     """The registered trait reward model to train against, trained here if none was named."""
-    for name, fingerprint in training["trait_reward"].items():
-        return Checkpoint.objects.get(name=name, fingerprint=fingerprint)
+    for name, weights in training["trait_reward"].items():
+        return Checkpoint.objects.get(name=name, fingerprint=weights)
     name = f"{variant_name(run)}-reward"
     existing = Checkpoint.objects.filter(name=name).first()
     if existing is not None:
@@ -148,13 +151,11 @@ def _trait_reward(run: Run, training: dict, work: Path) -> Checkpoint:
     heldout = preference_rows(
         Item.objects.filter(suite__in=suites, split="eval", kind="benefit", **chosen)
     )
-    target = settings.KEEL_MODELS_DIR / "reward" / name
     partial = work / "reward"
     record = train_reward_model(bundled_minilm(), pairs, heldout, partial, seed=audit.seed)
     (partial / "keel-training.json").write_text(json.dumps(record, indent=2))
     shutil.rmtree(partial / "trainer", ignore_errors=True)
-    if not target.exists():
-        shutil.copytree(partial, target)
+    target = _publish(partial, "reward", name)
     reward = checkpoint_register(
         path=target, name=name, training=record, tags=["reward"],
         notes=f"trait reward model for {', '.join(training['traits'])} on "
@@ -164,6 +165,24 @@ def _trait_reward(run: Run, training: dict, work: Path) -> Checkpoint:
     run.log(f"reward model {name}: held-out accuracy {record['heldout_pairwise_accuracy']:.2f} "
             f"on {record['heldout_pairs']} pairs")  # fmt: skip
     return reward
+
+
+def trained_dir() -> Path:
+    """Where Keel writes the models it trains: inside the first checkpoint root, so
+    they register like any other checkpoint."""
+    return Path(settings.KEEL_CHECKPOINT_ROOTS[0]) / "keel-trained"
+
+
+def _publish(source: Path, kind: str, name: str) -> Path:
+    """Copy a trained model into the registry's folder, replacing any unregistered
+    leftover of an earlier attempt under the same name."""
+    target = trained_dir() / kind / name
+    partial = target.with_name(name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
 
 
 def _last_saved_step(work: Path) -> int:

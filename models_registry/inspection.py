@@ -136,6 +136,7 @@ def _inspect_adapter(path: Path) -> CheckpointFacts:
             "weights). Save the adapter with safe_serialization=True."
         )
     tensors = _safetensors_tensors(weights)
+    targets = config.get("target_modules") or []
     counts: Counter[str] = Counter()
     for dtype, numel in tensors:
         counts[dtype] += numel
@@ -144,7 +145,7 @@ def _inspect_adapter(path: Path) -> CheckpointFacts:
         format="peft",
         weight_files=(weights,),
         fingerprint=fingerprint((weights,)),
-        architecture=f"LoRA r={config.get('r')} on {', '.join(config.get('target_modules') or [])}",
+        architecture=f"LoRA r={config.get('r')} on {', '.join(sorted(targets))}",
         model_type="lora",
         parameter_count=sum(n for _, n in tensors),
         dtype=counts.most_common(1)[0][0].lower() if counts else "unknown",

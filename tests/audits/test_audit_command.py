@@ -31,3 +31,47 @@ def test_bad_arguments_are_refused_and_nothing_is_queued(tiny_checkpoint, starte
         call_command(*base, *args)
     assert message in str(refused.value)
     assert not Audit.objects.exists()
+
+
+TRAIN = ["--plan", "train-and-evaluate"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (TRAIN, "--plan train-and-evaluate needs --train-domains"),
+        ([*TRAIN, "--train-domains", "mars"], "Unknown domain(s) mars; known: health"),
+        ([*TRAIN, "--train-domains", "health", "--traits", "wit"], "Unknown trait(s) wit"),
+        ([*TRAIN, "--train-domains", "health", "--method", "ppo"], "invalid choice: 'ppo'"),
+        ([*TRAIN, "--train-domains", "health", "--steps", "0"], "--steps must be at least 1"),
+        ([*TRAIN, "--train-domains", "health", "--trait-reward", "nope"],
+         "No reward model named 'nope'"),
+        ([*TRAIN, "--train-domains", "health", "--trait-reward", "tiny-llama"],
+         "Tiny-llama is not a reward model"),
+        ([*TRAIN, "--train-domains", "health"], "have no train items for those traits"),
+    ],
+)  # fmt: skip
+def test_bad_training_arguments_are_refused_and_nothing_is_queued(
+    tiny_checkpoint, starter_suite, args, message
+):
+    base = ["audit", "run", "--checkpoint", "tiny-llama", "--judge", "none", "--suite", "starter"]
+    with pytest.raises(CommandError) as refused:
+        call_command(*base, *args)
+    assert message in str(refused.value)
+    assert not Audit.objects.exists()
+
+
+def test_a_training_audit_records_what_changes_the_variant(tiny_checkpoint):
+    from audits.builtin import load_keel_suite
+
+    beneficial = load_keel_suite("beneficial")
+    call_command("audit", "run", "--checkpoint", "tiny-llama", "--judge", "none", "--suite",
+                 "beneficial", *TRAIN, "--train-domains", "health,law", "--traits", "humility",
+                 "--method", "sft", "--steps", "7", "--id-only")  # fmt: skip
+    audit = Audit.objects.get()
+    training = audit.config["training"]
+    assert training["method"] == "sft" and training["domains"] == ["health", "law"]
+    assert training["traits"] == ["humility"] and training["spec"]["steps"] == 7
+    assert len(training["train_items"]) == 6
+    assert list(audit.suites.all()) == [beneficial]
+    assert [r.kind for r in audit.runs.order_by("pk")] == ["train", "evaluate"]

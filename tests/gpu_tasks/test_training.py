@@ -58,9 +58,7 @@ def test_training_saves_a_safetensors_adapter_that_changes_the_model(
     assert difference.max() > 1e-4
 
 
-def test_a_stop_request_ends_training_within_one_step_and_a_rerun_resumes(
-    tiny_llama_dir, tmp_path
-):
+def test_a_stop_request_ends_training_within_one_step_and_a_rerun_resumes(tiny_llama_dir, tmp_path):
     spec = TrainSpec(method="dpo", steps=4, learning_rate=5e-3, batch_size=2, save_every=1)
     asked = []
 

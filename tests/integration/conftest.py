@@ -27,30 +27,43 @@ def database_url_for_worker() -> str:
 def celery_worker_process(transactional_db, models_root, tmp_path):
     celery_app.control.purge()  # drop messages left by earlier runs
     log_path = tmp_path / "worker.log"
+    worker = start_worker(log_path, models_root)
+    try:
+        yield log_path
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def start_worker(log_path: Path, models_root: Path) -> subprocess.Popen:
+    """A worker process on the test database, logging to log_path, once it is ready."""
     env = os.environ | {
         "DATABASE_URL": database_url_for_worker(),
         "KEEL_CHECKPOINT_ROOTS": str(models_root),
         "KEEL_DATA_DIR": str(settings.KEEL_DATA_DIR),
     }
-    with log_path.open("wb") as log:
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with log_path.open("ab") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "evaluate,train",
              "--pool", "solo", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip",
              "--without-mingle"],  # fmt: skip
             cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        try:
-            wait_for_line(log_path, "ready.", worker, seconds=60)
-            yield log_path
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+    try:
+        wait_for_line(log_path, "ready.", worker, seconds=60, offset=offset)
+    except Exception:
+        worker.kill()
+        raise
+    return worker
 
 
-def wait_for_line(path: Path, needle: str, process: subprocess.Popen, seconds: float) -> None:
+def wait_for_line(
+    path: Path, needle: str, process: subprocess.Popen, seconds: float, offset: int = 0
+) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if needle in path.read_text(errors="replace"):
+        if needle in path.read_bytes()[offset:].decode(errors="replace"):
             return
         if process.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{path.read_text(errors='replace')}")

@@ -193,3 +193,53 @@ def test_the_admin_add_form_validates_the_same_way(client, site_admin, tiny_llam
     accepted = client.post(url, {"name": "good", "path": str(tiny_llama_dir), "tags": "[]"})
     assert accepted.status_code == 302
     assert Checkpoint.objects.get(name="good").architecture == "LlamaForCausalLM"
+
+
+def build_adapter(base_dir: Path, target: Path) -> Path:
+    """A LoRA adapter saved by PEFT, as Keel's trainer saves one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def test_a_lora_adapter_registers_on_its_parent_and_only_with_one(
+    db, tiny_llama_dir, scratch_dir, tiny_checkpoint
+):
+    adapter = build_adapter(tiny_llama_dir, scratch_dir / "adapter")
+    assert "parent" in register_cli(adapter)
+    assert not Checkpoint.objects.filter(name="candidate").exists()
+    call_command("register_checkpoint", str(adapter), "--name", "variant", "--parent",
+                 tiny_checkpoint.name)  # fmt: skip
+    variant = Checkpoint.objects.get(name="variant")
+    assert variant.format == "peft" and variant.parent == tiny_checkpoint
+    assert variant.architecture == "LoRA r=4 on q_proj, v_proj"
+    # per layer, A (r x 64) and B (out x r) for q (out 64) and v (2 kv heads x 16 = 32)
+    assert variant.parameter_count == 2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4)
+    assert variant.lineage() == [tiny_checkpoint, variant]
+
+
+def test_a_pickled_or_non_lora_adapter_is_refused(db, tiny_llama_dir, scratch_dir):
+    adapter = build_adapter(tiny_llama_dir, scratch_dir / "adapter")
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    assert "never loads pickled" in register_cli(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {"peft_type": "IA3"}))
+    assert "LoRA adapters only" in register_cli(adapter)
+
+
+@pytest.mark.parametrize(("labels", "accepted"), [(1, True), (2, False)])
+def test_a_one_output_classifier_registers_as_a_reward_model(
+    db, smollm2_tokenizer_dir, scratch_dir, labels, accepted
+):
+    from tests.gpu_tasks.test_graders import build_reward_model
+
+    path = build_reward_model(scratch_dir / "rm", smollm2_tokenizer_dir, labels=labels)
+    if accepted:
+        call_command("register_checkpoint", str(path), "--name", "rm")
+        assert Checkpoint.objects.get(name="rm").kind == "reward"
+    else:
+        assert "exactly one" in register_cli(path)

@@ -1,0 +1,99 @@
+"""Train-and-evaluate through a real Celery worker on a tiny model: the variant is
+trained, registered with its lineage and record, both checkpoints are evaluated on
+the same items, and the deltas and transfer row come out. A worker killed mid-training
+resumes from the last adapter save."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from audits.builtin import load_keel_suite
+from audits.comparison import training_deltas
+from audits.models import DOMAINS, Audit, RunKind, Status
+from audits.services import audit_create
+from config.celery import app as celery_app
+from gpu_tasks.tasks import train_run
+from models_registry.models import Checkpoint
+from tests.integration.conftest import start_worker
+from tests.integration.test_worker import wait_until_finished
+
+pytestmark = pytest.mark.integration
+
+
+def queue_training(checkpoint, steps: int) -> Audit:
+    return audit_create(
+        checkpoint=checkpoint, suites=[load_keel_suite("beneficial")], conditions=["neutral"],
+        samples=0, plan="train-and-evaluate", method="dpo", train_domains=["health"],
+        traits=["humility", "truthfulness"], steps=steps,
+    )  # fmt: skip
+
+
+def test_train_and_evaluate_registers_a_variant_and_compares_it_with_its_base(
+    tiny_checkpoint, celery_worker_process
+):
+    audit = wait_until_finished(queue_training(tiny_checkpoint, steps=3), celery_worker_process)
+    assert audit.status == Status.SUCCEEDED, list(audit.runs.values_list("error", flat=True))
+    variant = Checkpoint.objects.get(parent=tiny_checkpoint)
+    assert variant.format == "peft" and variant.kind == "policy"
+    assert variant.name == f"tiny-llama-dpo-a{audit.pk}"
+    record = variant.training
+    assert record["config_hash"] == audit.config_hash and record["steps"] == 3
+    assert record["train_items"] == 6  # health x (humility, truthfulness), 3 pairs each
+    assert len(record["curves"]["loss"]) == 3
+    runs = audit.runs.order_by("pk")
+    assert [(r.kind, r.checkpoint_id) for r in runs] == [
+        (RunKind.TRAIN, tiny_checkpoint.pk),
+        (RunKind.EVALUATE, tiny_checkpoint.pk),
+        (RunKind.EVALUATE, variant.pk),
+    ]
+    base_run, variant_run = runs[1], runs[2]
+    assert set(base_run.item_results.values_list("item_id", "condition")) == set(
+        variant_run.item_results.values_list("item_id", "condition")
+    )
+    deltas = training_deltas(audit)
+    assert deltas["variant"] == variant.name and deltas["base"] == tiny_checkpoint.name
+    transfer = deltas["transfer"]["health"]
+    assert sorted(transfer) == sorted(DOMAINS)
+    assert transfer["health"]["trained_on"] and not transfer["law"]["trained_on"]
+    assert all(cell["n"] == 5 for cell in transfer.values())  # quick: one item per trait
+    changed = [
+        a.margin != b.margin
+        for a, b in zip(base_run.item_results.order_by("item_id"),
+                        variant_run.item_results.order_by("item_id"), strict=True)
+    ]  # fmt: skip
+    assert all(changed)
+
+
+def test_a_worker_killed_mid_training_resumes_from_the_last_save(
+    tiny_checkpoint, transactional_db, models_root, tmp_path
+):
+    celery_app.control.purge()
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(log_path, models_root)
+    try:
+        audit = queue_training(tiny_checkpoint, steps=20)
+        run = audit.runs.get(kind=RunKind.TRAIN)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.progress_done < 12:  # past the save at 10
+            time.sleep(0.1)
+            run.refresh_from_db()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        run.refresh_from_db()
+        assert 12 <= run.progress_done < 20, run.log_tail
+        assert run.status == Status.RUNNING  # the killed worker could not finish it
+
+        worker = start_worker(log_path, models_root)
+        train_run.delay(run.pk)  # what a retry, or a redelivery of the unacknowledged task, does
+        audit = wait_until_finished(audit, log_path)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert audit.status == Status.SUCCEEDED, list(audit.runs.values_list("error", flat=True))
+    run.refresh_from_db()
+    assert "resuming from the adapter saved at step 10" in run.log_tail
+    variant = Checkpoint.objects.get(parent=tiny_checkpoint)
+    assert variant.training["resumed_from"] == 10 and variant.training["steps"] == 20
