@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from audits.metrics import Estimate, paired_difference
-from audits.models import ItemResult, Plan, Run, RunKind, Status
+from audits.models import DOMAINS, ItemResult, Plan, Run, RunKind, Status
 from audits.scoring import conversation, group_keys
 
 
@@ -75,9 +75,63 @@ def training_deltas(audit) -> dict | None:
         if r["metric"] == "margin" and r["condition"] == "neutral" and r["domain"]
         and not r["trait"] and not r["family"] and r["suite"] == "beneficial"
     }  # fmt: skip
+    cells = sorted(transfer.items(), key=lambda kv: DOMAINS.index(kv[0]))
     return {
         "variant": runs[0].checkpoint.name,
         "base": runs[1].checkpoint.name,
         "rows": rows,
-        "transfer": {"+".join(trained): dict(sorted(transfer.items()))},
+        "overall": [r for r in rows if not r["domain"]],
+        "trained": "+".join(trained),
+        "transfer_cells": cells,
+        "transfer": {"+".join(trained): dict(cells)},
     }
+
+
+def persistence_deltas(audit) -> dict | None:
+    """After the harmful fine-tune: how each model changed, and how much of the variant's
+    lead over its base survived (overall rows, variant minus base before and after)."""
+    if audit.plan != Plan.PERSISTENCE:
+        return None
+    runs = {
+        r.checkpoint_id: r
+        for r in audit.runs.filter(kind=RunKind.EVALUATE, status=Status.SUCCEEDED)
+        .select_related("checkpoint")
+    }  # fmt: skip
+    variant, base = audit.checkpoint, audit.checkpoint.parent
+    attacked = {r.checkpoint.parent_id: r for r in runs.values()
+                if r.checkpoint_id not in (variant.pk, base.pk)}  # fmt: skip
+    if not {variant.pk, base.pk} <= set(runs) or not {variant.pk, base.pk} <= set(attacked):
+        return None
+
+    def overall(first: Run, second: Run) -> list[dict]:
+        return [r for r in compare_runs(first, second, seed=audit.seed) if not r["domain"]]
+
+    before = overall(runs[variant.pk], runs[base.pk])
+    after_by_cell = {_cell(r): r for r in overall(attacked[variant.pk], attacked[base.pk])}
+    kept = [
+        {
+            **{k: b[k] for k in ("suite", "condition", "trait", "family", "metric")},
+            "before": b["difference"],
+            "before_significant": b["significant"],
+            "after": a["difference"],
+            "after_ci_low": a["ci_low"],
+            "after_ci_high": a["ci_high"],
+            "after_significant": a["significant"],
+            "kept": a["difference"] / b["difference"] if b["difference"] else None,
+        }  # fmt: skip
+        for b in before
+        if (a := after_by_cell.get(_cell(b))) is not None
+    ]
+    return {
+        "variant": variant.name,
+        "base": base.name,
+        "attacked_variant": attacked[variant.pk].checkpoint.name,
+        "attacked_base": attacked[base.pk].checkpoint.name,
+        "variant_under_attack": overall(attacked[variant.pk], runs[variant.pk]),
+        "base_under_attack": overall(attacked[base.pk], runs[base.pk]),
+        "lead_kept": kept,
+    }
+
+
+def _cell(row: dict) -> tuple:
+    return tuple(row[k] for k in ("suite", "condition", "domain", "trait", "family", "metric"))

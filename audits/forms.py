@@ -5,11 +5,12 @@ from django.conf import settings
 
 from audits.builtin import DEFAULT_SUITES, reserved_suite_names
 from audits.conditions import CONDITIONS
-from audits.models import Profile, Suite
+from audits.models import DOMAINS, TRAITS, Plan, Profile, Suite
 from audits.profiles import QUICK_CONDITIONS
 from audits.services import MAX_SAMPLES
 from audits.suite_io import SuiteError, check_size, parse_file, suite_store
-from models_registry.models import Checkpoint
+from gpu_tasks.engine.training import METHODS
+from models_registry.models import Checkpoint, CheckpointKind
 
 
 class AuditForm(forms.Form):
@@ -42,9 +43,35 @@ class AuditForm(forms.Form):
         help_text="A reward model (sequence classifier) that also grades sampled replies.",
     )  # fmt: skip
 
+    plan = forms.ChoiceField(choices=Plan.choices, initial=Plan.EVALUATE, required=False)
+    method = forms.ChoiceField(
+        choices=[(m, m.upper()) for m in METHODS], initial="dpo", required=False,
+        help_text="Training a variant: DPO on preference pairs, SFT on the chosen replies, or "
+        "GRPO against a trait reward model plus the rubric rules.",
+    )  # fmt: skip
+    traits = forms.MultipleChoiceField(
+        choices=[(t, t.replace("_", " ")) for t in TRAITS], initial=list(TRAITS),
+        required=False, widget=forms.CheckboxSelectMultiple,
+    )  # fmt: skip
+    train_domains = forms.MultipleChoiceField(
+        choices=[(d, d.replace("_", " ")) for d in DOMAINS], required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Training a variant: domains whose train split it learns from; every "
+        "domain is evaluated, so the others measure transfer.",
+    )  # fmt: skip
+
     def clean_samples(self):
         samples = self.cleaned_data["samples"]
         return 1 if samples is None else samples
+
+    def clean_plan(self):
+        return self.cleaned_data["plan"] or Plan.EVALUATE
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("plan") == Plan.TRAIN_AND_EVALUATE and not cleaned.get("train_domains"):
+            self.add_error("train_domains", "Choose at least one domain to train on.")
+        return cleaned
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,6 +81,10 @@ class AuditForm(forms.Form):
         self.fields["suites"].initial = list(defaults)
         self.fields["judge"].initial = settings.KEEL_DEFAULT_CHECKPOINT
         self.fields["checkpoint"].initial = settings.KEEL_DEFAULT_CHECKPOINT
+        policies = Checkpoint.objects.filter(kind=CheckpointKind.POLICY)
+        self.fields["checkpoint"].queryset = policies
+        self.fields["judge"].queryset = policies
+        self.fields["reward_model"].queryset = Checkpoint.objects.filter(kind=CheckpointKind.REWARD)
 
 
 class SuiteImportForm(forms.Form):

@@ -7,8 +7,11 @@ from audits.metrics import finite_or_none
 from audits.models import DOMAINS, TRAITS, Audit, Metric
 
 
-def heatmap_data(audit: Audit, metric: str) -> dict:
-    scores = audit.scores.filter(metric=metric, condition=NEUTRAL, family="")
+def heatmap_data(audit: Audit, metric: str, checkpoint=None) -> dict:
+    """One checkpoint's cells: the audit's own checkpoint unless another (its variant) is named."""
+    scores = audit.scores.filter(
+        metric=metric, condition=NEUTRAL, family="", checkpoint=checkpoint or audit.checkpoint
+    )
     cells = {(s.domain, s.trait): s for s in scores.exclude(domain="").exclude(trait="")}
     z, low, high, n = [], [], [], []
     for trait in TRAITS:
@@ -32,12 +35,13 @@ def heatmap_data(audit: Audit, metric: str) -> dict:
 
 def summary_rows(audit: Audit) -> list[dict]:
     """Per suite and condition: overall and per misalignment family, accuracy and margin."""
-    scores = audit.scores.filter(domain="", trait="").select_related("suite")
+    scores = audit.scores.filter(domain="", trait="").select_related("suite", "checkpoint")
     cells: dict[tuple, dict] = {}
-    for s in scores.order_by("suite__name", "condition", "family"):
+    for s in scores.order_by("run_id", "suite__name", "condition", "family"):
         row = cells.setdefault(
-            (s.suite.name, s.condition, s.family),
-            {"suite": s.suite.name, "condition": s.condition, "family": s.family or "all items"},
-        )
+            (s.checkpoint.name, s.suite.name, s.condition, s.family),
+            {"checkpoint": s.checkpoint.name, "suite": s.suite.name, "condition": s.condition,
+             "family": s.family or "all items"},
+        )  # fmt: skip
         row[s.metric] = s
     return list(cells.values())

@@ -90,6 +90,7 @@ FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 class Plan(models.TextChoices):
     EVALUATE = "evaluate", "Evaluate only"
     TRAIN_AND_EVALUATE = "train-and-evaluate", "Train a trait-aligned variant, evaluate both"
+    PERSISTENCE = "persistence", "Harmful fine-tune of a variant and of its base, evaluate all four"
 
 
 class Profile(models.TextChoices):

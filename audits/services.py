@@ -80,11 +80,24 @@ def audit_create(
     }
     if plan not in Plan.values:
         raise ValueError(f"unknown plan {plan!r} (one of {', '.join(Plan.values)})")
-    if plan == Plan.TRAIN_AND_EVALUATE:
+    if plan == Plan.PERSISTENCE:
+        if checkpoint.parent is None or checkpoint.format != "peft":
+            raise ValueError(
+                f"{checkpoint.name} has no base to compare with: the persistence plan takes a "
+                "variant (a LoRA adapter with a parent), and attacks it and its base alike"
+            )
+        learned = checkpoint.training or {}
+        traits = traits or learned.get("traits")
+        train_domains = train_domains or learned.get("domains")
+        if method == "grpo":
+            raise ValueError("the harmful fine-tune is sft (on the misaligned replies) or dpo "
+                             "(with the pairs swapped)")  # fmt: skip
+    if plan in (Plan.TRAIN_AND_EVALUATE, Plan.PERSISTENCE):
         config["training"] = training_config(
             checkpoint, suites, train_profile or profile, seed, method, traits, train_domains,
             trait_reward, steps,
         )  # fmt: skip
+        config["training"]["harmful"] = plan == Plan.PERSISTENCE
     audit = Audit.objects.create(
         checkpoint=checkpoint,
         plan=plan,
@@ -96,9 +109,16 @@ def audit_create(
         created_by=user if user is not None and user.is_authenticated else None,
     )
     audit.suites.set(suites)
-    if plan == Plan.TRAIN_AND_EVALUATE:
-        run_queue(audit, RunKind.TRAIN, checkpoint)
-    run_queue(audit, RunKind.EVALUATE, checkpoint)
+    # Each train run queues the evaluation of what it trained when it finishes.
+    trained = {
+        Plan.EVALUATE: [],
+        Plan.TRAIN_AND_EVALUATE: [checkpoint],
+        Plan.PERSISTENCE: [checkpoint.parent, checkpoint],
+    }[plan]
+    for model in trained:
+        run_queue(audit, RunKind.TRAIN, model)
+    for model in trained if plan == Plan.PERSISTENCE else [checkpoint]:
+        run_queue(audit, RunKind.EVALUATE, model)
     return audit
 
 

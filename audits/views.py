@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from audits import progress
+from audits.comparison import persistence_deltas, training_deltas
 from audits.forms import AuditForm
 from audits.heatmap import heatmap_data, summary_rows
 from audits.models import FINISHED, Audit, Metric
@@ -30,19 +31,20 @@ def audit_new(request):
     initial = {"checkpoint": request.GET.get("checkpoint")}
     form = AuditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        audit = audit_create(
-            checkpoint=form.cleaned_data["checkpoint"],
-            suites=list(form.cleaned_data["suites"]),
-            conditions=form.cleaned_data["conditions"],
-            profile=form.cleaned_data["profile"],
-            seed=form.cleaned_data["seed"],
-            samples=form.cleaned_data["samples"],
-            judge=form.cleaned_data["judge"],
-            reward_model=form.cleaned_data["reward_model"],
-            user=request.user,
-        )
-        messages.success(request, f"Queued audit {audit.pk}.")
-        return redirect(audit)
+        data = form.cleaned_data
+        try:
+            audit = audit_create(
+                checkpoint=data["checkpoint"], suites=list(data["suites"]),
+                conditions=data["conditions"], profile=data["profile"], seed=data["seed"],
+                samples=data["samples"], judge=data["judge"], reward_model=data["reward_model"],
+                plan=data["plan"], method=data["method"] or "dpo", traits=data["traits"],
+                train_domains=data["train_domains"], user=request.user,
+            )  # fmt: skip
+        except ValueError as exc:  # e.g. the chosen suites have no train split
+            form.add_error(None, f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+        else:
+            messages.success(request, f"Queued audit {audit.pk}.")
+            return redirect(audit)
     return render(request, "audits/new.html", {"form": form})
 
 
@@ -57,6 +59,8 @@ def audit_detail(request, audit_id: int):
             "suites": audit.suites.all(),
             "metrics": [(m.value, m.label) for m in HEATMAP_METRICS],
             "summary": summary_rows(audit),
+            "deltas": training_deltas(audit),
+            "persistence": persistence_deltas(audit),
         },
     )
 
@@ -81,4 +85,10 @@ def audit_heatmap_json(request, audit_id: int):
             {"error": f"unknown metric {metric!r}; use one of {', '.join(HEATMAP_METRICS)}"},
             status=400,
         )
-    return JsonResponse(heatmap_data(audit, metric))
+    checkpoint = None
+    if request.GET.get("checkpoint"):
+        run = audit.runs.filter(checkpoint__name=request.GET["checkpoint"]).first()
+        if run is None:
+            return JsonResponse({"error": "that checkpoint is not part of this audit"}, status=400)
+        checkpoint = run.checkpoint
+    return JsonResponse(heatmap_data(audit, metric, checkpoint))

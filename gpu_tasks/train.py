@@ -27,6 +27,7 @@ from gpu_tasks.engine.devices import describe
 from gpu_tasks.engine.training import (
     TrainSpec,
     preference_rows,
+    swapped,
     train_policy,
     train_reward_model,
     training_device,
@@ -48,7 +49,8 @@ def work_dir(run: Run) -> Path:
 
 def variant_name(run: Run) -> str:
     training = run.audit.config["training"]
-    return f"{run.checkpoint.name}-{training['method']}-a{run.audit_id}"
+    harmful = "harmful-" if training.get("harmful") else ""
+    return f"{run.checkpoint.name}-{harmful}{training['method']}-a{run.audit_id}"
 
 
 def _train(run: Run) -> None:
@@ -63,6 +65,8 @@ def _train(run: Run) -> None:
         suite__in=audit.suites.all(), item_id__in=training["train_items"], split="train"
     ).order_by("item_id")
     rows = preference_rows(items)
+    if training.get("harmful"):  # the persistence attack: learn the misaligned replies
+        rows = swapped(rows)
     run.mark_started(describe(*training_device()))
 
     reward = None
@@ -95,6 +99,7 @@ def _train(run: Run) -> None:
         "audit": audit.pk,
         "config_hash": audit.config_hash,
         "method": spec.method,
+        "harmful": bool(training.get("harmful")),
         "traits": training["traits"],
         "domains": training["domains"],
         "spec": spec.as_config(),
@@ -117,9 +122,11 @@ def _train(run: Run) -> None:
         else:
             target = _publish(result.adapter_dir, "variants", name)
             variant = checkpoint_register(
-                path=target, name=name, parent=base, training=record, tags=["variant"],
-                notes=f"{spec.method} on {', '.join(training['domains'])} for "
-                f"{', '.join(training['traits'])}; audit {audit.pk}",
+                path=target, name=name, parent=base, training=record,
+                tags=["harmful-fine-tune" if training.get("harmful") else "variant"],
+                notes=f"{'harmful ' if training.get('harmful') else ''}{spec.method} on "
+                f"{', '.join(training['domains'])} for {', '.join(training['traits'])}; "
+                f"audit {audit.pk}",
                 user=audit.created_by,
             )  # fmt: skip
         run.log(f"registered {variant.name} ({result.steps} steps, {result.wall_seconds:.0f} s)")

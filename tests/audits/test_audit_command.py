@@ -75,3 +75,13 @@ def test_a_training_audit_records_what_changes_the_variant(tiny_checkpoint):
     assert len(training["train_items"]) == 6
     assert list(audit.suites.all()) == [beneficial]
     assert [r.kind for r in audit.runs.order_by("pk")] == ["train", "evaluate"]
+
+
+def test_the_persistence_plan_needs_a_variant_and_a_harmful_method(tiny_checkpoint):
+    from audits.builtin import load_keel_suite
+
+    load_keel_suite("beneficial")
+    base = ["audit", "run", "--judge", "none", "--suite", "beneficial", "--plan", "persistence"]
+    with pytest.raises(CommandError, match="takes a variant"):
+        call_command(*base, "--checkpoint", "tiny-llama", "--train-domains", "health")
+    assert not Audit.objects.exists()

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from audits.models import Audit, Status
+from audits.models import TRAITS, Audit, Status
 from gpu_tasks.evaluate import run_evaluation
 
 
@@ -185,3 +185,33 @@ def test_the_audit_form_explains_a_bad_sample_count_and_queues_nothing(client, o
     assert "Ensure this value is less than or equal to 16." in page
     assert "Select a valid choice" in page
     assert not Audit.objects.exists()
+
+
+def test_an_operator_queues_a_training_audit_and_bad_choices_are_explained(
+    client, operator, tiny_checkpoint, starter_suite, django_capture_on_commit_callbacks
+):
+    from audits.builtin import load_keel_suite
+
+    beneficial = load_keel_suite("beneficial")
+    client.force_login(operator)
+    form = {"checkpoint": "tiny-llama", "profile": "quick", "seed": 0, "conditions": ["neutral"],
+            "plan": "train-and-evaluate", "method": "dpo"}  # fmt: skip
+    page = client.post("/audits/new/", {**form, "suites": [beneficial.pk]})
+    assert page.status_code == 200
+    assert "Choose at least one domain to train on." in page.content.decode()
+    page = client.post("/audits/new/", {**form, "suites": [starter_suite.pk],
+                                        "train_domains": ["health"]})  # fmt: skip
+    assert page.status_code == 200
+    assert "have no train items for those traits and domains" in page.content.decode()
+    assert not Audit.objects.exists()
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post("/audits/new/", {**form, "suites": [beneficial.pk],
+                                                "train_domains": ["health", "law"]})  # fmt: skip
+    audit = Audit.objects.get()
+    assert response.status_code == 302
+    assert audit.plan == "train-and-evaluate"
+    assert audit.config["training"]["domains"] == ["health", "law"]
+    assert audit.config["training"]["traits"] == sorted(TRAITS)  # all, when none are ticked
+    assert [r.kind for r in audit.runs.order_by("pk")] == ["train", "evaluate"]
+    assert len(callbacks) == 2

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from audits.builtin import load_keel_suite
-from audits.comparison import training_deltas
+from audits.comparison import persistence_deltas, training_deltas
 from audits.models import DOMAINS, Audit, RunKind, Status
 from audits.services import audit_create
 from config.celery import app as celery_app
@@ -65,6 +65,26 @@ def test_train_and_evaluate_registers_a_variant_and_compares_it_with_its_base(
                         variant_run.item_results.order_by("item_id"), strict=True)
     ]  # fmt: skip
     assert all(changed)
+
+    # Persistence: the variant and its base both get the same harmful fine-tune.
+    attack = audit_create(
+        checkpoint=variant, suites=[load_keel_suite("beneficial")], conditions=["neutral"],
+        samples=0, plan="persistence", method="sft", steps=2,
+    )  # fmt: skip
+    assert attack.config["training"]["domains"] == ["health"]  # from the variant's record
+    attack = wait_until_finished(attack, celery_worker_process)
+    assert attack.status == Status.SUCCEEDED, list(attack.runs.values_list("error", flat=True))
+    attacked = [c for c in Checkpoint.objects.order_by("name") if "harmful-fine-tune" in c.tags]
+    assert [(c.parent, c.training["harmful"]) for c in attacked] == [
+        (tiny_checkpoint, True), (variant, True)
+    ]  # fmt: skip
+    assert attack.runs.filter(kind=RunKind.EVALUATE).count() == 4
+    report = persistence_deltas(attack)
+    assert report["attacked_variant"] == f"{variant.name}-harmful-sft-a{attack.pk}"
+    lead = {(r["suite"], r["condition"], r["metric"]): r for r in report["lead_kept"]}
+    overall = lead[("beneficial", "neutral", "margin")]
+    assert overall["kept"] == pytest.approx(overall["after"] / overall["before"])
+    assert report["variant_under_attack"] and report["base_under_attack"]
 
 
 def test_a_worker_killed_mid_training_resumes_from_the_last_save(

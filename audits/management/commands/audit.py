@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from audits.builtin import DEFAULT_SUITES
-from audits.comparison import compare_runs, training_deltas
+from audits.comparison import compare_runs, persistence_deltas, training_deltas
 from audits.conditions import CONDITIONS
 from audits.metrics import finite_or_none
 from audits.models import DOMAINS, FINISHED, TRAITS, Audit, Plan, Profile, Status, Suite
@@ -215,7 +215,10 @@ class Command(BaseCommand):
                 out["training"] = {k: v for k, v in variant.training.items() if k != "curves"}
                 out["variant"] = deltas["variant"]
                 out["transfer"] = _clean(deltas["transfer"])
-                out["deltas"] = _clean([r for r in deltas["rows"] if not r["domain"]])
+                out["deltas"] = _clean(deltas["overall"])
+            persistence = persistence_deltas(audit)
+            if persistence is not None:
+                out["persistence"] = _clean(persistence)
             self.stdout.write(json.dumps(out, indent=2, default=str, allow_nan=False))
         else:
             self.stdout.write(f"Audit {audit.pk}: {audit.status}")
