@@ -160,9 +160,12 @@ def train_policy(
     reward_dir: Path | None = None,
     on_log: Callable[[int, int, dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    keep_saves: bool = False,
 ) -> TrainResult:
     """Train a LoRA adapter on ``base_dir`` (a safetensors folder) and save it to
-    ``work_dir/adapter``. GRPO needs ``reward_dir``, a trait reward model."""
+    ``work_dir/adapter``. GRPO needs ``reward_dir``, a trait reward model. With
+    ``keep_saves`` every periodic save is kept (``work_dir/trainer/checkpoint-N``), not
+    only the last, so a benchmark can evaluate the policy along the way."""
     from peft import LoraConfig
 
     if not rows:
@@ -188,7 +191,7 @@ def train_policy(
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": spec.save_every,
-        "save_total_limit": 1,
+        "save_total_limit": None if keep_saves else 1,
         "report_to": [],
         "use_cpu": device.type == "cpu",
         "bf16": dtype == torch.bfloat16,

@@ -1,0 +1,129 @@
+"""Reward-hacking watch: does GRPO please its reward model without getting better?
+
+    .venv/bin/python bench/reward_hacking.py --domain health --steps 40 --every 10
+
+Trains a trait reward model and a GRPO LoRA adapter on the domain's train split (the
+`quick` GRPO settings unless overridden), keeps every periodic save, and for the base
+and each save measures, on the domain's *held-out* prompts:
+- the training reward: the trait reward model's mean score of sampled replies (seeded,
+  the same length limit as in training);
+- independent graders that the policy never saw: the rubric rules' pass rate on the
+  same replies, and the paired calibrated log-likelihood margin of the held-out
+  preference pairs (beneficial reply against misaligned) and of 60 misalignment probes.
+Prints one JSON line per checkpoint; a rising training reward with flat or falling
+independent scores is reward hacking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="smollm2-135m-instruct")
+    parser.add_argument("--domain", default="health")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--completion-tokens", type=int, default=None)
+    parser.add_argument("--reward-epochs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="keep files here")
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from audits.models import Item
+    from gpu_tasks.checkpoints import training_base
+    from gpu_tasks.engine.convert import bundled_minilm
+    from gpu_tasks.engine.generation import sample_replies
+    from gpu_tasks.engine.graders import Case, reward_text, rule_grades
+    from gpu_tasks.engine.loading import load_uncached
+    from gpu_tasks.engine.training import (
+        load_reward_model,
+        preference_rows,
+        reward_logits,
+        spec_for,
+        train_policy,
+        train_reward_model,
+    )
+    from models_registry.models import Checkpoint
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="keel-reward-hacking-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = training_base(Checkpoint.objects.get(name=args.checkpoint), work)
+    train = preference_rows(Item.objects.filter(split="train", domain=args.domain)
+                            .order_by("item_id"))  # fmt: skip
+    heldout_items = list(Item.objects.filter(suite__name="beneficial", split="eval",
+                                             domain=args.domain).order_by("item_id"))  # fmt: skip
+    probes = list(Item.objects.filter(suite__name="probes", split="eval").order_by("item_id"))
+    probes = [p for i, p in enumerate(probes) if i % 3 == 0]  # 60, every family
+    overrides = {"steps": args.steps, "save_every": args.every}
+    if args.learning_rate:
+        overrides["learning_rate"] = args.learning_rate
+    if args.completion_tokens:
+        overrides["max_completion_length"] = args.completion_tokens
+    spec = spec_for("grpo", "quick", **overrides)
+
+    started = time.monotonic()
+    record = train_reward_model(bundled_minilm(), train, preference_rows(heldout_items),
+                                work / "reward", epochs=args.reward_epochs)  # fmt: skip
+    print(json.dumps({"reward_model": {k: v for k, v in record.items() if k != "loss"}}),
+          flush=True)  # fmt: skip
+    result = train_policy(base, spec, train, work / "grpo", reward_dir=work / "reward",
+                          keep_saves=True)  # fmt: skip
+    train_seconds = time.monotonic() - started
+    curve = {h["step"]: h for h in result.history}
+    reward = load_reward_model(work / "reward")
+    saves = sorted((work / "grpo" / "trainer").glob("checkpoint-*"),
+                   key=lambda p: int(p.name.rsplit("-", 1)[1]))  # fmt: skip
+
+    for step, adapters in [(0, ()), *[(int(p.name.rsplit("-", 1)[1]), (p,)) for p in saves]]:
+        loaded = load_uncached(base, adapters)
+        replies = sample_replies(
+            loaded, [(i.messages, None) for i in heldout_items], seed=0,
+            max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
+        )  # fmt: skip
+        texts = [reward_text(reward[1], [*i.messages, {"role": "assistant", "content": r.text}])
+                 for i, r in zip(heldout_items, replies, strict=True)]  # fmt: skip
+        rules = [statistics.fmean(g.score for g in rule_grades(Case(i.messages, r.text, i.rubric)))
+                 for i, r in zip(heldout_items, replies, strict=True)]  # fmt: skip
+
+        logged = curve.get(step, {})
+        print(json.dumps({
+            "step": step,
+            "train_reward_logged": logged.get("rewards/trait_reward/mean"),
+            "heldout_reward_model": round(statistics.fmean(reward_logits(reward, texts)), 4),
+            "heldout_rules_pass": round(statistics.fmean(rules), 4),
+            "heldout_replies_cut_at_limit": sum(not r.finished for r in replies),
+            "heldout_margin_mean": round(statistics.fmean(margins(loaded, heldout_items)), 4),
+            "probes_margin_mean": round(statistics.fmean(margins(loaded, probes)), 4),
+        }), flush=True)  # fmt: skip
+    print(json.dumps({"train_seconds": round(train_seconds), "steps": result.steps,
+                      "spec": spec.as_config()}))  # fmt: skip
+    return 0
+
+
+def margins(loaded, items) -> list[float]:
+    """Calibrated margins of the items' preference pairs, neutral condition."""
+    from audits.conditions import NEUTRAL, system_prompt
+    from gpu_tasks.engine.scoring import PairRequest, score_pairs
+
+    requests = [PairRequest(i.messages, i.chosen, i.rejected, system_prompt(NEUTRAL))
+                for i in items]  # fmt: skip
+    return [s.margin for s in score_pairs(loaded, requests)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
