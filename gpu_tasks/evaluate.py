@@ -17,6 +17,7 @@ from audits.models import (
     Item,
     ItemResult,
     Run,
+    RunKind,
     Status,
 )
 from audits.profiles import generation_items, select_items
@@ -92,6 +93,40 @@ def _score_and_store(run: Run, loaded, chunk: list[tuple[Item, str]]) -> None:
         )
 
 
+def _reuse_results(run: Run, pairs: list[tuple[Item, str]]) -> int:
+    """Copy results this checkpoint already has for these items and conditions from
+    succeeded runs scored the same way (scorer settings, device and dtype), so a base
+    model evaluated again beside each of its variants is not scored again. Returns how
+    many were copied; what no earlier run has is scored as usual."""
+    scorer = run.audit.config.get("scorer")
+    sources = [
+        r.pk
+        for r in Run.objects.filter(checkpoint=run.checkpoint, kind=RunKind.EVALUATE,
+                                    status=Status.SUCCEEDED, device=run.device)
+        .exclude(pk=run.pk).select_related("audit")
+        if r.audit.config.get("scorer") == scorer
+    ]  # fmt: skip
+    if not sources:
+        return 0
+    have = set(run.item_results.values_list("item_id", "condition"))
+    wanted = {(item.pk, cond) for item, cond in pairs} - have
+    found: dict[tuple[int, str], ItemResult] = {}
+    earlier = ItemResult.objects.filter(
+        run_id__in=sources, item_id__in={item for item, _ in wanted}
+    ).order_by("run_id")  # the newest run wins
+    for result in earlier:
+        if (result.item_id, result.condition) in wanted:
+            found[(result.item_id, result.condition)] = result
+    ItemResult.objects.bulk_create(
+        [ItemResult(run=run, item_id=item, condition=cond,
+                    **{f: getattr(r, f) for f in RESULT_FIELDS if f != "checkpoint"},
+                    checkpoint=run.checkpoint)
+         for (item, cond), r in found.items()],
+        ignore_conflicts=True,
+    )  # fmt: skip
+    return len(found)
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -114,6 +149,9 @@ def _evaluate(run: Run) -> None:
     sampled = set(run.generations.values_list("item_id", "condition", "sample"))
     scoring = sum(len(w) for w in work)
     total = scoring + len(sampling)
+    reused = _reuse_results(run, [pair for pairs in work for pair in pairs])
+    if reused:
+        run.log(f"reused {reused} results of earlier identical scoring of this checkpoint")
     stored = set(run.item_results.values_list("item_id", "condition"))
     if stored or sampled:
         run.log(f"resuming: {len(stored)} of {scoring} already scored, "
@@ -125,14 +163,16 @@ def _evaluate(run: Run) -> None:
     # item's conditions share a chunk: its empty-turn calibration is scored once.
     for start in range(0, len(work), ITEMS_PER_WRITE):
         chunk = [pair for pairs in work[start : start + ITEMS_PER_WRITE] for pair in pairs]
-        fresh = sum((item.pk, cond) not in stored for item, cond in chunk)
+        # A chunk is written in one transaction, so after a crash it is stored whole or
+        # not at all; only results copied from an earlier run leave part of one stored.
+        fresh = [(item, cond) for item, cond in chunk if (item.pk, cond) not in stored]
         if not fresh:
             continue
         if worker_progress.cancel_requested(run):
             worker_progress.finish(run, Status.CANCELLED)
             return
-        _score_and_store(run, loaded, chunk)
-        worker_progress.report(run, done=run.progress_done + fresh)
+        _score_and_store(run, loaded, fresh)
+        worker_progress.report(run, done=run.progress_done + len(fresh))
 
     if sampling:
         _generate_and_grade(run, loaded, sampling, sampled)

@@ -68,6 +68,7 @@ def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_chec
         ]  # fmt: skip
     )
     Run.objects.filter(pk=second.pk).update(status=Status.RUNNING)
+    audit.delete()  # else the second run would copy the first's results (tested below)
     run_evaluation(second.pk)
     second.refresh_from_db()
     assert second.status == Status.SUCCEEDED
@@ -146,3 +147,32 @@ def test_a_checkpoints_calibration_is_scored_once_and_reused(tiny_checkpoint, st
     assert run_once(["neutral"]) == first  # the second run reads the calibration: identical
     run_once(["neutral", "flattery"])
     assert dict(Calibration.objects.values_list("reply_hash", "logp")) == stored
+
+
+def test_a_checkpoint_scored_the_same_way_before_is_not_scored_again(
+    audit, tiny_checkpoint, starter_suite
+):
+    first = audit.runs.get()
+    run_evaluation(first.pk)
+    again = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite],
+                         conditions=["neutral", "flattery"], seed=7)  # fmt: skip
+    second = again.runs.get()
+    run_evaluation(second.pk)
+    second.refresh_from_db()
+    assert second.status == Status.SUCCEEDED
+    assert "reused 60 results of earlier identical scoring" in second.log_tail
+
+    def margins(run, condition):
+        results = ItemResult.objects.filter(run=run, condition=condition)
+        return dict(results.values_list("item__item_id", "margin"))
+
+    assert margins(second, "neutral") == margins(first, "neutral")
+    assert len(margins(second, "flattery")) == 60  # what the first lacked was scored
+
+    Run.objects.filter(pk=first.pk).update(device="cuda bfloat16")  # scored another way
+    third = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite],
+                         conditions=["neutral"], seed=7).runs.get()  # fmt: skip
+    Run.objects.filter(pk=second.pk).update(device="cuda bfloat16")
+    run_evaluation(third.pk)
+    third.refresh_from_db()
+    assert "reused" not in third.log_tail
