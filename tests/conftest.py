@@ -22,6 +22,14 @@ def models_root() -> Path:
     return MODELS_ROOT.resolve()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fp32():
+    """Scores are compared with fp32 references; "auto" would pick bf16 on CPUs where it is
+    fast, and decides by timing a matmul, which a busy machine can tip either way. Session
+    scope, so that models loaded by module-scoped fixtures are fp32 too."""
+    settings.KEEL_DTYPE = "float32"
+
+
 @pytest.fixture(autouse=True)
 def _checkpoint_roots(settings, models_root):
     settings.KEEL_CHECKPOINT_ROOTS = [models_root]

@@ -41,6 +41,7 @@ def start_worker(log_path: Path, models_root: Path) -> subprocess.Popen:
         "DATABASE_URL": database_url_for_worker(),
         "KEEL_CHECKPOINT_ROOTS": str(models_root),
         "KEEL_DATA_DIR": str(settings.KEEL_DATA_DIR),
+        "KEEL_DTYPE": "float32",  # as in the test process (tests/conftest.py)
     }
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
