@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from gpu_tasks.engine.convert import gguf_to_safetensors
 from gpu_tasks.engine.loading import LoadedModel, load, load_uncached
 from models_registry.inspection import resolve_under_roots
@@ -34,7 +36,7 @@ def training_base(checkpoint: Checkpoint, work_dir: Path) -> Path:
         return root_path
     out = work_dir / "base"
     if not (out / "config.json").exists():
-        merged = load_uncached(root_path, adapters)
+        merged = load_uncached(root_path, adapters, dtype=torch.float32)  # trainers want fp32
         partial = out.with_name("base.partial")
         merged.model.save_pretrained(partial, safe_serialization=True)
         merged.tokenizer.save_pretrained(partial)

@@ -51,19 +51,22 @@ def load_tokenizer(path: str | Path):
     )
 
 
-def load_uncached(path: Path, adapters: tuple[Path, ...] = ()) -> LoadedModel:
+def load_uncached(
+    path: Path, adapters: tuple[Path, ...] = (), dtype: torch.dtype | None = None
+) -> LoadedModel:
     hf_logging.disable_progress_bar()  # progress bars flood worker logs
     device = best_device()
-    dtype = best_dtype(device)
+    dtype = dtype or best_dtype(device)
     source, kwargs = _source(path)
     tokenizer = load_tokenizer(path)
     gguf = bool(kwargs)  # a GGUF is its own format; a folder must hold safetensors
     model = AutoModelForCausalLM.from_pretrained(
-        source, trust_remote_code=False, local_files_only=True, dtype=dtype,
+        source, trust_remote_code=False, local_files_only=True,
+        dtype=torch.float32 if adapters else dtype,  # merge in fp32, then cast once
         use_safetensors=None if gguf else True, **kwargs,
     )  # fmt: skip
     model = merge_adapters(model, adapters)
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype)
