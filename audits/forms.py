@@ -14,6 +14,8 @@ from models_registry.models import Checkpoint, CheckpointKind
 
 
 class AuditForm(forms.Form):
+    field_order = ["checkpoint", "plan", "method", "traits", "train_domains", "suites",
+                   "conditions", "profile", "seed"]  # fmt: skip
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.all(), to_field_name="name")
     suites = forms.ModelMultipleChoiceField(
         queryset=Suite.objects.all(), widget=forms.CheckboxSelectMultiple

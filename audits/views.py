@@ -28,7 +28,7 @@ def audit_list(request):
 
 @operator_required
 def audit_new(request):
-    initial = {"checkpoint": request.GET.get("checkpoint")}
+    initial = {"checkpoint": request.GET["checkpoint"]} if request.GET.get("checkpoint") else {}
     form = AuditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

@@ -35,7 +35,7 @@
       fill.style.width = `${run.percent}%`;
       bar.append(fill);
       const count = el("span", { class: "count" },
-        run.total ? `${run.done} / ${run.total} items scored or replies sampled (${run.percent}%)` : "waiting for a worker");
+        run.total ? `${run.done} / ${run.total} ${run.kind === "train" ? "training steps" : "items scored or replies sampled"} (${run.percent}%)` : "waiting for a worker");
       box.append(head, bar, count);
       if (run.error) box.append(el("p", { class: "error" }, run.error));
       if (run.log_tail) {

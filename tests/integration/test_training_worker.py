@@ -117,3 +117,22 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_save(
     assert "resuming from the adapter saved at step 10" in run.log_tail
     variant = Checkpoint.objects.get(parent=tiny_checkpoint)
     assert variant.training["resumed_from"] == 10 and variant.training["steps"] == 40
+
+
+def test_cancelling_a_training_run_stops_it_within_one_step(
+    tiny_checkpoint, celery_worker_process, client, operator
+):
+    audit = queue_training(tiny_checkpoint, steps=200)
+    run = audit.runs.get(kind=RunKind.TRAIN)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run.progress_done < 2:
+        time.sleep(0.1)
+        run.refresh_from_db()
+    client.force_login(operator)
+    client.post(f"/audits/{audit.pk}/cancel/")
+    at_cancel = run.progress_done
+    audit = wait_until_finished(audit, celery_worker_process)
+    run.refresh_from_db()
+    assert audit.status == Status.CANCELLED and run.status == Status.CANCELLED
+    assert at_cancel <= run.progress_done <= at_cancel + 2  # the step under way, at most
+    assert not Checkpoint.objects.filter(parent=tiny_checkpoint).exists()
