@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--completion-tokens", type=int, default=None)
     parser.add_argument("--reward-epochs", type=int, default=3)
+    parser.add_argument("--reward-lr", type=float, default=5e-5)
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
     args = parser.parse_args()
 
@@ -78,7 +79,8 @@ def main() -> int:
 
     started = time.monotonic()
     record = train_reward_model(bundled_minilm(), train, preference_rows(heldout_items),
-                                work / "reward", epochs=args.reward_epochs)  # fmt: skip
+                                work / "reward", epochs=args.reward_epochs,
+                                learning_rate=args.reward_lr)  # fmt: skip
     print(json.dumps({"reward_model": {k: v for k, v in record.items() if k != "loss"}}),
           flush=True)  # fmt: skip
     result = train_policy(base, spec, train, work / "grpo", reward_dir=work / "reward",
