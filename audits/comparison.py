@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from audits.metrics import Estimate, paired_difference
+from audits.metrics import paired_difference
 from audits.models import DOMAINS, ItemResult, Plan, Run, RunKind, Status
 from audits.scoring import conversation, group_keys
+
+# What a comparison reports, each paired per item and condition: the calibrated margin,
+# the mean per-token margin (uncalibrated, the most sensitive at small n), and accuracy.
+METRICS = {
+    "margin": lambda r: r.margin,
+    "margin_mean_token": lambda r: r.margin_mean_token,
+    "accuracy": lambda r: float(r.won),
+}
 
 
 def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
@@ -28,25 +36,18 @@ def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
     rows = []
     for (suite, condition, domain, trait, family), pairs in groups.items():
         clusters = [conversation(a.item) for a, _ in pairs]
-        for metric, estimate in (
-            ("margin", paired_difference([a.margin for a, _ in pairs],
-                                         [b.margin for _, b in pairs], seed, clusters)),
-            ("accuracy", paired_difference([float(a.won) for a, _ in pairs],
-                                           [float(b.won) for _, b in pairs], seed, clusters)),
-        ):  # fmt: skip
-            rows.append(_row(suite, condition, domain, trait, family, metric, estimate, pairs))
+        for metric, value in METRICS.items():
+            mine, theirs = [value(a) for a, _ in pairs], [value(b) for _, b in pairs]
+            estimate = paired_difference(mine, theirs, seed, clusters)
+            rows.append({
+                "suite": suite, "condition": condition, "domain": domain, "trait": trait,
+                "family": family, "metric": metric, "difference": estimate.value,
+                "ci_low": estimate.ci_low, "ci_high": estimate.ci_high, "n": estimate.n,
+                "better": sum(x > y for x, y in zip(mine, theirs, strict=True)),
+                "flipped": sum(a.won != b.won for a, b in pairs),
+                "significant": estimate.ci_low > 0 or estimate.ci_high < 0,
+            })  # fmt: skip
     return rows
-
-
-def _row(suite, condition, domain, trait, family, metric, e: Estimate, pairs) -> dict:
-    return {
-        "suite": suite, "condition": condition, "domain": domain, "trait": trait,
-        "family": family, "metric": metric, "difference": e.value, "ci_low": e.ci_low,
-        "ci_high": e.ci_high, "n": e.n,
-        "better": sum(a.margin > b.margin for a, b in pairs),
-        "flipped": sum(a.won != b.won for a, b in pairs),
-        "significant": e.ci_low > 0 or e.ci_high < 0,
-    }  # fmt: skip
 
 
 def variant_runs(audit) -> tuple[Run, Run] | None:

@@ -50,7 +50,7 @@ def test_the_overall_difference_is_the_paired_mean_with_its_interval(two_audits)
 def test_the_compare_command_prints_json_and_refuses_unknown_audits(two_audits, capsys):
     call_command("audit", "compare", str(two_audits[0].pk), str(two_audits[1].pk), "--json")
     rows = json.loads(capsys.readouterr().out)
-    assert {r["metric"] for r in rows} == {"margin", "accuracy"}
+    assert {r["metric"] for r in rows} == {"margin", "margin_mean_token", "accuracy"}
     assert all(r["domain"] == "" for r in rows)
     with pytest.raises(CommandError, match="No audit 999"):
         call_command("audit", "compare", "999", str(two_audits[1].pk))
