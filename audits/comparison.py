@@ -63,28 +63,36 @@ def variant_runs(audit) -> tuple[Run, Run] | None:
 
 def training_deltas(audit) -> dict | None:
     """Variant minus base, paired per item and condition: every cell, and the transfer
-    row (training domains x evaluation domain, neutral benefit margin)."""
+    rows (training domains x evaluation domain, neutral benefit margins)."""
     runs = variant_runs(audit)
     if runs is None:
         return None
     rows = compare_runs(*runs, seed=audit.seed)
     trained = audit.config["training"]["domains"]
-    transfer = {
-        r["domain"]: {k: r[k] for k in ("difference", "ci_low", "ci_high", "n", "better",
-                                         "significant")} | {"trained_on": r["domain"] in trained}
-        for r in rows
-        if r["metric"] == "margin" and r["condition"] == "neutral" and r["domain"]
-        and not r["trait"] and not r["family"] and r["suite"] == "beneficial"
-    }  # fmt: skip
-    cells = sorted(transfer.items(), key=lambda kv: DOMAINS.index(kv[0]))
+
+    def transfer(metric: str) -> list[tuple[str, dict]]:
+        cells = {
+            r["domain"]: {k: r[k] for k in ("difference", "ci_low", "ci_high", "n", "better",
+                                             "significant")}
+            | {"trained_on": r["domain"] in trained}
+            for r in rows
+            if r["metric"] == metric and r["condition"] == "neutral" and r["domain"]
+            and not r["trait"] and not r["family"] and r["suite"] == "beneficial"
+        }  # fmt: skip
+        return sorted(cells.items(), key=lambda kv: DOMAINS.index(kv[0]))
+
+    by_metric = {metric: transfer(metric) for metric in ("margin", "margin_mean_token")}
     return {
         "variant": runs[0].checkpoint.name,
         "base": runs[1].checkpoint.name,
         "rows": rows,
         "overall": [r for r in rows if not r["domain"]],
         "trained": "+".join(trained),
-        "transfer_cells": cells,
-        "transfer": {"+".join(trained): dict(cells)},
+        "transfer_cells": by_metric["margin"],
+        "transfer_mean_token_cells": by_metric["margin_mean_token"],
+        "transfer": {
+            metric: {"+".join(trained): dict(cells)} for metric, cells in by_metric.items()
+        },  # fmt: skip
     }
 
 

@@ -55,7 +55,8 @@ def test_train_and_evaluate_registers_a_variant_and_compares_it_with_its_base(
     )
     deltas = training_deltas(audit)
     assert deltas["variant"] == variant.name and deltas["base"] == tiny_checkpoint.name
-    transfer = deltas["transfer"]["health"]
+    transfer = deltas["transfer"]["margin"]["health"]
+    assert sorted(deltas["transfer"]["margin_mean_token"]["health"]) == sorted(DOMAINS)
     assert sorted(transfer) == sorted(DOMAINS)
     assert transfer["health"]["trained_on"] and not transfer["law"]["trained_on"]
     assert all(cell["n"] == 5 for cell in transfer.values())  # quick: one item per trait
