@@ -63,10 +63,13 @@ def checkpoint_register(
             f"{path} is a LoRA adapter: register it with the language model it was trained "
             "on as its parent."
         )
+    fields = checkpoint_fields(facts)
+    if facts.format == "peft":  # an adapter talks through its parent's tokenizer
+        fields["has_chat_template"] = parent.has_chat_template
     try:
         return Checkpoint.objects.create(
             name=name,
-            **checkpoint_fields(facts),
+            **fields,
             notes=notes,
             tags=tags or [],
             parent=parent,

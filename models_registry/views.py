@@ -26,11 +26,26 @@ def checkpoint_list(request):
 
 def checkpoint_detail(request, name: str):
     checkpoint = get_object_or_404(Checkpoint.objects.for_user(request.user), name=name)
-    audits = checkpoint.audits.select_related("created_by").order_by("-created_at")[:20]
+    from audits.models import Audit
+
+    # Audits of it, and the audits that trained or attacked it and evaluated it beside its base.
+    audits = (
+        Audit.objects.filter(Q(checkpoint=checkpoint) | Q(runs__checkpoint=checkpoint))
+        .distinct().select_related("checkpoint", "created_by").order_by("-created_at")[:20]
+    )  # fmt: skip
+    training = checkpoint.training or {}
+    curves = training.get("curves") or {}
     return render(
         request,
         "registry/detail.html",
-        {"checkpoint": checkpoint, "audits": audits, "can_operate": can_operate(request.user)},
+        {
+            "checkpoint": checkpoint,
+            "audits": audits,
+            "can_operate": can_operate(request.user),
+            "variants": checkpoint.variants.order_by("name"),
+            "training": training,
+            "final_loss": (curves.get("loss") or [None])[-1],
+        },
     )
 
 

@@ -216,6 +216,7 @@ def test_a_lora_adapter_registers_on_its_parent_and_only_with_one(
                  tiny_checkpoint.name)  # fmt: skip
     variant = Checkpoint.objects.get(name="variant")
     assert variant.format == "peft" and variant.parent == tiny_checkpoint
+    assert variant.has_chat_template == tiny_checkpoint.has_chat_template
     assert variant.architecture == "LoRA r=4 on q_proj, v_proj"
     # per layer, A (r x 64) and B (out x r) for q (out 64) and v (2 kv heads x 16 = 32)
     assert variant.parameter_count == 2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4)
