@@ -44,7 +44,10 @@ def run_training(run_id: int) -> None:
 
 
 def work_dir(run: Run) -> Path:
-    return settings.KEEL_DATA_DIR / "training" / f"run-{run.pk}"
+    """Where a train run keeps its resumable state: named by the run and its audit's
+    creation time, so a reset or shared database never resumes another run's state."""
+    created = run.audit.created_at.strftime("%Y%m%dT%H%M%S%f")
+    return settings.KEEL_DATA_DIR / "training" / f"run-{run.pk}-{created}"
 
 
 def variant_name(run: Run) -> str:

@@ -75,9 +75,9 @@ def test_train_and_evaluate_registers_a_variant_and_compares_it_with_its_base(
     assert attack.config["training"]["domains"] == ["health"]  # from the variant's record
     attack = wait_until_finished(attack, celery_worker_process)
     assert attack.status == Status.SUCCEEDED, list(attack.runs.values_list("error", flat=True))
-    attacked = [c for c in Checkpoint.objects.order_by("name") if "harmful-fine-tune" in c.tags]
-    assert [(c.parent, c.training["harmful"]) for c in attacked] == [
-        (tiny_checkpoint, True), (variant, True)
+    attacked = [c for c in Checkpoint.objects.all() if "harmful-fine-tune" in c.tags]
+    assert sorted((c.parent.name, c.training["harmful"]) for c in attacked) == [
+        (tiny_checkpoint.name, True), (variant.name, True)
     ]  # fmt: skip
     assert attack.runs.filter(kind=RunKind.EVALUATE).count() == 4
     report = persistence_deltas(attack)
