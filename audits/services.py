@@ -47,6 +47,7 @@ def audit_create(
     trait_reward: Checkpoint | None = None,
     steps: int | None = None,
     train_profile: str | None = None,
+    learning_rate: float | None = None,
 ) -> Audit:
     """Create an audit and its runs, and queue them once the transaction commits.
 
@@ -95,7 +96,7 @@ def audit_create(
     if plan in (Plan.TRAIN_AND_EVALUATE, Plan.PERSISTENCE):
         config["training"] = training_config(
             checkpoint, suites, train_profile or profile, seed, method, traits, train_domains,
-            trait_reward, steps,
+            trait_reward, {"steps": steps, "learning_rate": learning_rate},
         )  # fmt: skip
         config["training"]["harmful"] = plan == Plan.PERSISTENCE
     audit = Audit.objects.create(
@@ -122,7 +123,7 @@ def audit_create(
     return audit
 
 
-def training_config(checkpoint, suites, profile, seed, method, traits, domains, reward, steps):
+def training_config(checkpoint, suites, profile, seed, method, traits, domains, reward, overrides):
     """The training part of an audit's config, validated: what changes the variant."""
     from gpu_tasks.engine.training import spec_for
 
@@ -137,7 +138,8 @@ def training_config(checkpoint, suites, profile, seed, method, traits, domains, 
             raise ValueError(f"unknown {label}(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if reward is not None and reward.kind != "reward":
         raise ValueError(f"{reward.name} is not a reward model (a one-output classifier)")
-    spec = spec_for(method, profile, seed=seed, **({"steps": steps} if steps else {}))
+    spec = spec_for(method, profile, seed=seed,
+                    **{k: v for k, v in overrides.items() if v is not None})  # fmt: skip
     pairs = Item.objects.filter(
         suite__in=suites, split="train", trait__in=traits, domain__in=domains
     ).exclude(chosen="")

@@ -44,6 +44,8 @@ TRAIN = ["--plan", "train-and-evaluate"]
         ([*TRAIN, "--train-domains", "health", "--traits", "wit"], "Unknown trait(s) wit"),
         ([*TRAIN, "--train-domains", "health", "--method", "ppo"], "invalid choice: 'ppo'"),
         ([*TRAIN, "--train-domains", "health", "--steps", "0"], "--steps must be at least 1"),
+        ([*TRAIN, "--train-domains", "health", "--learning-rate", "3"],
+         "Learning rate must be between 0 and 1, not 3.0"),
         ([*TRAIN, "--train-domains", "health", "--trait-reward", "nope"],
          "No reward model named 'nope'"),
         ([*TRAIN, "--train-domains", "health", "--trait-reward", "tiny-llama"],

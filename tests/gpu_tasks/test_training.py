@@ -106,7 +106,7 @@ def test_reward_model_training_and_grpo_against_it(tiny_llama_dir, tmp_path):
     [
         ({"method": "ppo", "steps": 1, "learning_rate": 1e-4}, "method must be one of"),
         ({"method": "dpo", "steps": 0, "learning_rate": 1e-4}, "at least 1"),
-        ({"method": "dpo", "steps": 1, "learning_rate": 3.0}, "learning_rate"),
+        ({"method": "dpo", "steps": 1, "learning_rate": 3.0}, "learning rate"),
         ({"method": "grpo", "steps": 1, "learning_rate": 1e-4, "beta": 0.0}, "beta > 0"),
     ],
 )

@@ -55,6 +55,9 @@ class Command(BaseCommand):
             choices=["quick", "standard"],
             help="size of training (default: quick with --profile quick, else standard)",
         )
+        run.add_argument(
+            "--learning-rate", type=float, help="training learning rate (default: the profile's)"
+        )
         run.add_argument("--steps", type=int, help="training steps (default: the profile's)")
         run.add_argument(
             "--suite", action="append", dest="suites",
@@ -120,7 +123,7 @@ class Command(BaseCommand):
                 method=options["method"], traits=_words(options["traits"]),
                 train_domains=_words(options["train_domains"]),
                 trait_reward=trait_reward or None, steps=options["steps"],
-                train_profile=options["train_profile"],
+                train_profile=options["train_profile"], learning_rate=options["learning_rate"],
             )  # fmt: skip
         except ValueError as exc:
             raise CommandError(f"{str(exc)[:1].upper()}{str(exc)[1:]}.", returncode=2) from None
