@@ -7,7 +7,7 @@ from django.db import transaction
 
 from audits.models import ItemResult, Metric, Run, Score, Status
 from audits.services import audit_create
-from gpu_tasks.evaluate import run_evaluation
+from gpu_tasks.evaluate import ITEMS_PER_WRITE, run_evaluation
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_chec
         checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral"], seed=7
     )
     second = second_audit.runs.get()
-    # Pretend a worker died after writing 10 results.
-    kept = ItemResult.objects.filter(run=first).order_by("item__item_id")[:10]
+    # Pretend a worker died after writing two chunks (each chunk is one transaction).
+    kept = ItemResult.objects.filter(run=first).order_by("item__item_id")[: 2 * ITEMS_PER_WRITE]
     ItemResult.objects.bulk_create(
         [
             ItemResult(
@@ -72,7 +72,7 @@ def test_a_restarted_run_skips_stored_results_and_ends_the_same(audit, tiny_chec
     run_evaluation(second.pk)
     second.refresh_from_db()
     assert second.status == Status.SUCCEEDED
-    assert "resuming: 10 of 60 already scored" in second.log_tail
+    assert "resuming: 16 of 60 already scored" in second.log_tail
     got = dict(ItemResult.objects.filter(run=second).values_list("item__item_id", "margin"))
     assert got.keys() == expected.keys()
     assert got == expected  # same batches, so bit-identical, not merely close
