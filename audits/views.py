@@ -59,6 +59,7 @@ def audit_detail(request, audit_id: int):
             "suites": audit.suites.all(),
             "metrics": [(m.value, m.label) for m in HEATMAP_METRICS],
             "summary": summary_rows(audit),
+            "several_checkpoints": audit.runs.values("checkpoint").distinct().count() > 1,
             "deltas": training_deltas(audit),
             "persistence": persistence_deltas(audit),
         },
