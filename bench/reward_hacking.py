@@ -6,12 +6,13 @@ Trains a trait reward model and a GRPO LoRA adapter on the domain's train split 
 `quick` GRPO settings unless overridden), keeps every periodic save, and for the base
 and each save measures, on the domain's *held-out* prompts:
 - the training reward: the trait reward model's mean score of sampled replies (seeded,
-  the same length limit as in training);
+  the same length limit as in training), and the reward GRPO logged at that step;
 - independent graders that the policy never saw: the rubric rules' pass rate on the
   same replies, and the paired calibrated log-likelihood margin of the held-out
   preference pairs (beneficial reply against misaligned) and of 60 misalignment probes.
-Prints one JSON line per checkpoint; a rising training reward with flat or falling
-independent scores is reward hacking.
+Prints one JSON line per checkpoint, each score with its paired change from the base
+(95% bootstrap interval); a rising training reward with flat or falling independent
+scores is reward hacking.
 """
 
 from __future__ import annotations
@@ -37,24 +38,38 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--completion-tokens", type=int, default=None)
-    parser.add_argument("--reward-epochs", type=int, default=3)
-    parser.add_argument("--reward-lr", type=float, default=5e-5)
+    parser.add_argument("--reward-epochs", type=int, default=10)
+    parser.add_argument("--reward-lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--reward-domains",
+        choices=["trained", "all"],
+        default="trained",
+        help="train the reward model on the trained domain's pairs or all 12",
+    )
+    parser.add_argument("--group", type=int, default=None, help="GRPO completions per prompt")
+    parser.add_argument(
+        "--reward-only", action="store_true", help="train and describe the reward model, then stop"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
     args = parser.parse_args()
 
     import django
 
     django.setup()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from audits.metrics import paired_difference
     from audits.models import Item
     from gpu_tasks.checkpoints import training_base
     from gpu_tasks.engine.convert import bundled_minilm
     from gpu_tasks.engine.generation import sample_replies
-    from gpu_tasks.engine.graders import Case, reward_text, rule_grades
-    from gpu_tasks.engine.loading import load_uncached
+    from gpu_tasks.engine.graders import Case, reward_scores, rule_grades
+    from gpu_tasks.engine.loading import load_classifier_uncached, load_uncached
     from gpu_tasks.engine.training import (
-        load_reward_model,
         preference_rows,
-        reward_logits,
         spec_for,
         train_policy,
         train_reward_model,
@@ -75,43 +90,61 @@ def main() -> int:
         overrides["learning_rate"] = args.learning_rate
     if args.completion_tokens:
         overrides["max_completion_length"] = args.completion_tokens
+    if args.group:
+        overrides["num_generations"] = args.group
+    reward_rows = train
+    if args.reward_domains == "all":
+        reward_rows = preference_rows(Item.objects.filter(split="train").order_by("item_id"))
     spec = spec_for("grpo", "quick", **overrides)
 
     started = time.monotonic()
-    record = train_reward_model(bundled_minilm(), train, preference_rows(heldout_items),
+    record = train_reward_model(bundled_minilm(), reward_rows, preference_rows(heldout_items),
                                 work / "reward", epochs=args.reward_epochs,
                                 learning_rate=args.reward_lr)  # fmt: skip
-    print(json.dumps({"reward_model": {k: v for k, v in record.items() if k != "loss"}}),
-          flush=True)  # fmt: skip
+    reward = load_classifier_uncached(work / "reward")
+    held_pairs = preference_rows(heldout_items)
+    chosen = reward_scores(reward, [r["prompt"] + r["chosen"] for r in held_pairs])
+    rejected = reward_scores(reward, [r["prompt"] + r["rejected"] for r in held_pairs])
+    record = {k: v for k, v in record.items() if k != "loss"}
+    record["heldout_logit_sd"] = round(statistics.pstdev(chosen + rejected), 4)
+    record["heldout_chosen_minus_rejected"] = round(statistics.fmean(
+        c - r for c, r in zip(chosen, rejected, strict=True)), 4)  # fmt: skip
+    print(json.dumps({"reward_model": record}), flush=True)
+    if args.reward_only:
+        return 0
     result = train_policy(base, spec, train, work / "grpo", reward_dir=work / "reward",
                           keep_saves=True)  # fmt: skip
     train_seconds = time.monotonic() - started
     curve = {h["step"]: h for h in result.history}
-    reward = load_reward_model(work / "reward")
     saves = sorted((work / "grpo" / "trainer").glob("checkpoint-*"),
                    key=lambda p: int(p.name.rsplit("-", 1)[1]))  # fmt: skip
 
+    base_scores = None
     for step, adapters in [(0, ()), *[(int(p.name.rsplit("-", 1)[1]), (p,)) for p in saves]]:
-        loaded = load_uncached(base, adapters)
+        loaded = load_uncached(base, adapters, dtype=torch.float32)
         replies = sample_replies(
             loaded, [(i.messages, None) for i in heldout_items], seed=0,
             max_new_tokens=spec.max_completion_length, temperature=spec.temperature,
         )  # fmt: skip
-        texts = [reward_text(reward[1], [*i.messages, {"role": "assistant", "content": r.text}])
-                 for i, r in zip(heldout_items, replies, strict=True)]  # fmt: skip
-        rules = [statistics.fmean(g.score for g in rule_grades(Case(i.messages, r.text, i.rubric)))
-                 for i, r in zip(heldout_items, replies, strict=True)]  # fmt: skip
-
-        logged = curve.get(step, {})
-        print(json.dumps({
-            "step": step,
-            "train_reward_logged": logged.get("rewards/trait_reward/mean"),
-            "heldout_reward_model": round(statistics.fmean(reward_logits(reward, texts)), 4),
-            "heldout_rules_pass": round(statistics.fmean(rules), 4),
-            "heldout_replies_cut_at_limit": sum(not r.finished for r in replies),
-            "heldout_margin_mean": round(statistics.fmean(margins(loaded, heldout_items)), 4),
-            "probes_margin_mean": round(statistics.fmean(margins(loaded, probes)), 4),
-        }), flush=True)  # fmt: skip
+        scores = {
+            "reward_model": reward_scores(reward, [
+                [*i.messages, {"role": "assistant", "content": r.text}]
+                for i, r in zip(heldout_items, replies, strict=True)]),
+            "rules_pass": [
+                statistics.fmean(g.score for g in rule_grades(Case(i.messages, r.text, i.rubric)))
+                for i, r in zip(heldout_items, replies, strict=True)],
+            "heldout_margin": margins(loaded, heldout_items),
+            "probes_margin": margins(loaded, probes),
+        }  # fmt: skip
+        base_scores = base_scores or scores
+        report = {"step": step, "train_reward_logged": curve.get(step, {}).get("reward"),
+                  "replies_cut_at_limit": sum(not r.finished for r in replies)}  # fmt: skip
+        for name, values in scores.items():
+            change = paired_difference(values, base_scores[name], 0)
+            report[name] = {"mean": round(statistics.fmean(values), 4),
+                            "change": [round(x, 4) for x in (change.value, change.ci_low,
+                                                             change.ci_high)]}  # fmt: skip
+        print(json.dumps(report), flush=True)
     print(json.dumps({"train_seconds": round(train_seconds), "steps": result.steps,
                       "spec": spec.as_config()}))  # fmt: skip
     return 0

@@ -1,14 +1,23 @@
-"""Which training settings move held-out margins in the trained domain?
+"""Which training settings and methods move held-out margins, and steering?
 
     .venv/bin/python bench/training_sweep.py --method dpo --domain health \\
         --config learning_rate=1e-4 --config learning_rate=2e-4,beta=0.3
+    .venv/bin/python bench/training_sweep.py --method dpo --method sft --method grpo \\
+        --config learning_rate=5e-4 --condition flattery --condition sales_pressure --helpful
 
-For each --config (overrides of the `quick` TrainSpec), trains a LoRA adapter on the
-domain's train split and scores the domain's held-out `beneficial` items with the base
-and the variant in fp32 (neutral condition). Prints, per config, the paired change of
-the calibrated margin, the mean per-token margin and the uncalibrated sum margin, each
-with a 95% bootstrap interval, and the training wall time. The same items, scorer and
-statistics as an audit; this only skips the database, so settings can be tried quickly.
+For each --method and --config (overrides of the `quick` TrainSpec), trains a LoRA
+adapter on the domain's train split (GRPO first trains its trait reward model on the
+same pairs) and scores held-out items with the base and the variant in fp32: the
+domain's `beneficial` items under the neutral condition and under each --condition
+persona, and with --helpful the `steering-helpful` items under their own instruction.
+Prints, per run, the paired change (variant minus base, 95% bootstrap interval) of:
+- the calibrated margin, the mean per-token margin and the uncalibrated sum margin;
+- per persona, the steering shift (margin under the persona minus neutral): a positive
+  change means the variant is steered less (steering resistance);
+- with --helpful, the calibrated margin of following the instruction (helpful
+  steerability).
+The same items, scorer and statistics as an audit; this only skips the database, so
+settings can be tried quickly.
 """
 
 from __future__ import annotations
@@ -36,9 +45,20 @@ def parse_config(text: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="smollm2-135m-instruct")
-    parser.add_argument("--method", default="dpo", choices=["dpo", "sft"])
+    parser.add_argument("--method", action="append", choices=["dpo", "sft", "grpo"])
     parser.add_argument("--domain", default="health")
     parser.add_argument("--config", action="append", default=[], type=parse_config)
+    parser.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        help="a persona to measure steering under (repeatable)",
+    )
+    parser.add_argument(
+        "--helpful",
+        action="store_true",
+        help="also score the steering-helpful items under their instruction",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
 
@@ -49,43 +69,82 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from audits.conditions import NEUTRAL, system_prompt
+    from audits.conditions import ADVERSARIAL, NEUTRAL, condition_of, system_prompt
     from audits.metrics import paired_difference
     from audits.models import Item
     from gpu_tasks.checkpoints import training_base
+    from gpu_tasks.engine.convert import bundled_minilm
     from gpu_tasks.engine.loading import load_uncached
     from gpu_tasks.engine.scoring import PairRequest, score_pairs
-    from gpu_tasks.engine.training import preference_rows, spec_for, train_policy
+    from gpu_tasks.engine.training import (
+        preference_rows,
+        spec_for,
+        train_policy,
+        train_reward_model,
+    )
     from models_registry.models import Checkpoint
 
+    for name in args.condition:
+        if name not in ADVERSARIAL:
+            parser.error(f"--condition {name!r} is not a persona; choose from {list(ADVERSARIAL)}")
     work = Path(tempfile.mkdtemp(prefix="keel-sweep-"))
     base = training_base(Checkpoint.objects.get(name=args.checkpoint), work)
     rows = preference_rows(Item.objects.filter(split="train", domain=args.domain)
                            .order_by("item_id"))  # fmt: skip
     held = list(Item.objects.filter(suite__name="beneficial", split="eval", domain=args.domain)
                 .order_by("item_id"))  # fmt: skip
-    requests = [PairRequest(i.messages, i.chosen, i.rejected, system_prompt(NEUTRAL))
-                for i in held]  # fmt: skip
+    sets = {c: [PairRequest(i.messages, i.chosen, i.rejected, system_prompt(c)) for i in held]
+            for c in [NEUTRAL, *args.condition]}  # fmt: skip
+    if args.helpful:
+        sets["helpful"] = [
+            PairRequest(i.messages, i.chosen, i.rejected, system_prompt(condition_of(i.tags)))
+            for i in Item.objects.filter(suite__name="steering-helpful").order_by("item_id")
+        ]
 
     def scores(adapters):
-        return score_pairs(load_uncached(base, adapters, dtype=torch.float32), requests)
+        loaded = load_uncached(base, adapters, dtype=torch.float32)
+        return {name: score_pairs(loaded, requests) for name, requests in sets.items()}
+
+    def change(after, before) -> list[float]:
+        e = paired_difference(after, before, 0)
+        return [round(e.value, 4), round(e.ci_low, 4), round(e.ci_high, 4)]
 
     before = scores(())
-    for n, overrides in enumerate(args.config or [{}]):
-        spec = spec_for(args.method, "quick", **overrides)
+    runs = [(m, o) for m in args.method or ["dpo"] for o in args.config or [{}]]
+    for n, (method, overrides) in enumerate(runs):
+        spec = spec_for(method, "quick", **overrides)
         started = time.monotonic()
-        result = train_policy(base, spec, rows, work / f"run-{n}")
+        reward_dir = None
+        if method == "grpo":
+            reward_dir = work / f"run-{n}" / "reward"
+            train_reward_model(bundled_minilm(), rows, [], reward_dir, seed=spec.seed)
+        result = train_policy(base, spec, rows, work / f"run-{n}", reward_dir=reward_dir)
         seconds = time.monotonic() - started
         after = scores((result.adapter_dir,))
-        report = {"config": overrides, "train_seconds": round(seconds), "items": len(held)}
+        a, b = after[NEUTRAL], before[NEUTRAL]
+        report = {"method": method, "config": overrides, "train_seconds": round(seconds),
+                  "items": len(held)}  # fmt: skip
         for name, value in (
             ("calibrated_margin", lambda s: s.margin),
             ("mean_token_margin", lambda s: s.margin_mean_token),
             ("uncalibrated_margin", lambda s: s.logp_chosen - s.logp_rejected),
         ):
-            e = paired_difference([value(s) for s in after], [value(s) for s in before], 0)
-            report[name] = [round(e.value, 4), round(e.ci_low, 4), round(e.ci_high, 4)]
-        report["better"] = sum(a.margin > b.margin for a, b in zip(after, before, strict=True))
+            report[name] = change([value(s) for s in a], [value(s) for s in b])
+        report["better"] = sum(x.margin > y.margin for x, y in zip(a, b, strict=True))
+        for persona in args.condition:
+            report[f"steering_shift_{persona}"] = {
+                model: change([s.margin for s in scored[persona]],
+                              [s.margin for s in scored[NEUTRAL]])
+                for model, scored in (("base", before), ("variant", after))
+            }  # fmt: skip
+            report[f"steering_resistance_{persona}"] = change(
+                [s.margin - n.margin for s, n in zip(after[persona], a, strict=True)],
+                [s.margin - n.margin for s, n in zip(before[persona], b, strict=True)],
+            )
+        if args.helpful:
+            helped = [s.margin for s in before["helpful"]]
+            report["helpful_margin_base"] = round(sum(helped) / len(helped), 4)
+            report["helpful_margin_change"] = change([s.margin for s in after["helpful"]], helped)
         print(json.dumps(report), flush=True)
     return 0
 

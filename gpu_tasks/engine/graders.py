@@ -199,15 +199,28 @@ def reward_text(tokenizer, conversation: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
 
 
+@torch.no_grad()
+def reward_scores(
+    reward: LoadedModel, conversations: list[list[dict]], batch_size: int = 16
+) -> list[float]:
+    """The reward model's logit for each full conversation (its last turn is the reply)."""
+    texts = [reward_text(reward.tokenizer, c) for c in conversations]
+    out: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        encoded = reward.tokenizer(
+            texts[start : start + batch_size], return_tensors="pt", padding=True,
+            truncation=True, max_length=512,
+        ).to(reward.device)  # fmt: skip
+        out += reward.model(**encoded).logits[:, 0].float().tolist()
+    return out
+
+
 def reward_grades(reward: LoadedModel, name: str, cases: list[Case]) -> list[GradeResult]:
     """The reward model's score of each full conversation, squashed to 0..1."""
-    tok = reward.tokenizer
-    out = []
-    for case in cases:
-        text = reward_text(tok, [*case.messages, {"role": "assistant", "content": case.reply}])
-        encoded = tok(text, return_tensors="pt", truncation=True).to(reward.device)
-        logit = float(reward.model(**encoded).logits[0, 0])
-        score = 1 / (1 + math.exp(-logit))
-        out.append(GradeResult(f"reward:{name}", REWARD_VERSION, "", 1.0, score,
-                               f"reward {logit:+.3f}", text))  # fmt: skip
-    return out
+    conversations = [[*c.messages, {"role": "assistant", "content": c.reply}] for c in cases]
+    logits = reward_scores(reward, conversations)
+    return [
+        GradeResult(f"reward:{name}", REWARD_VERSION, "", 1.0, 1 / (1 + math.exp(-logit)),
+                    f"reward {logit:+.3f}", reward_text(reward.tokenizer, conversation))
+        for conversation, logit in zip(conversations, logits, strict=True)
+    ]  # fmt: skip

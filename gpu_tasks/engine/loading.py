@@ -85,21 +85,26 @@ _classifiers: dict[tuple[str, str], LoadedModel] = {}
 
 
 def load_classifier(path: str | Path, fingerprint: str) -> LoadedModel:
-    """A reward model: a sequence classifier with one output, safetensors only."""
+    """A registered reward model, loaded once per worker process."""
     key = (str(path), fingerprint)
     if key not in _classifiers:
         _classifiers.clear()
-        device = best_device()
-        tokenizer = load_tokenizer(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            Path(path), trust_remote_code=False, local_files_only=True, use_safetensors=True,
-            dtype=torch.float32,
-        )  # fmt: skip
-        if model.config.num_labels != 1:
-            raise ValueError(f"{path} has {model.config.num_labels} outputs; a reward model has 1")
-        tokenizer.truncation_side = "left"  # a long conversation keeps its reply
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
-        _classifiers[key] = LoadedModel(model.to(device).eval(), tokenizer, device, torch.float32)
+        _classifiers[key] = load_classifier_uncached(Path(path))
     return _classifiers[key]
+
+
+def load_classifier_uncached(path: Path) -> LoadedModel:
+    """A reward model: a sequence classifier with one output, safetensors only, in fp32."""
+    device = best_device()
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, trust_remote_code=False, local_files_only=True, use_safetensors=True,
+        dtype=torch.float32,
+    )  # fmt: skip
+    if model.config.num_labels != 1:
+        raise ValueError(f"{path} has {model.config.num_labels} outputs; a reward model has 1")
+    tokenizer.truncation_side = "left"  # a long conversation keeps its reply
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model.to(device).eval(), tokenizer, device, torch.float32)

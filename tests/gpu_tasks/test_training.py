@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from gpu_tasks.engine.convert import bundled_minilm
-from gpu_tasks.engine.loading import load_uncached
+from gpu_tasks.engine.loading import load_classifier_uncached, load_uncached
 from gpu_tasks.engine.training import (
     TrainSpec,
-    load_reward_model,
     pairwise_accuracy,
     spec_for,
     swapped,
@@ -86,8 +85,8 @@ def test_reward_model_training_and_grpo_against_it(tiny_llama_dir, tmp_path):
     assert record["pairs"] == 8 and record["heldout_pairs"] == 4
     assert 0.0 <= record["heldout_pairwise_accuracy"] <= 1.0
     assert (tmp_path / "rm" / "model.safetensors").exists()
-    reward = load_reward_model(tmp_path / "rm")
-    assert reward[0].config.num_labels == 1
+    reward = load_classifier_uncached(tmp_path / "rm")
+    assert reward.model.config.num_labels == 1
     accuracy, n = pairwise_accuracy(reward, ROWS)
     assert n == 4 and accuracy == record["heldout_pairwise_accuracy"]
     assert pairwise_accuracy(reward, swapped(ROWS))[0] == pytest.approx(1 - accuracy)
