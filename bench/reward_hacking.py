@@ -140,10 +140,12 @@ def main() -> int:
         report = {"step": step, "train_reward_logged": curve.get(step, {}).get("reward"),
                   "replies_cut_at_limit": sum(not r.finished for r in replies)}  # fmt: skip
         for name, values in scores.items():
-            change = paired_difference(values, base_scores[name], 0)
-            report[name] = {"mean": round(statistics.fmean(values), 4),
-                            "change": [round(x, 4) for x in (change.value, change.ci_low,
-                                                             change.ci_high)]}  # fmt: skip
+            report[name] = {"mean": round(statistics.fmean(values), 4)}
+            if step:  # the paired change from the base, with its 95% interval
+                change = paired_difference(values, base_scores[name], 0)
+                report[name]["change"] = [
+                    round(x, 4) for x in (change.value, change.ci_low, change.ci_high)
+                ]
         print(json.dumps(report), flush=True)
     print(json.dumps({"train_seconds": round(train_seconds), "steps": result.steps,
                       "spec": spec.as_config()}))  # fmt: skip
