@@ -22,6 +22,7 @@ from transformers import (
     AutoTokenizer,
     PrinterCallback,
     TrainerCallback,
+    set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
@@ -312,6 +313,7 @@ def train_reward_model(
     if tokenizer.eos_token is None:  # RewardTrainer appends EOS; BERT-style encoders have none
         tokenizer.eos_token = tokenizer.sep_token
     tokenizer.truncation_side = "left"
+    set_seed(seed)  # the new one-output head is initialised here, before the trainer seeds
     model = AutoModelForSequenceClassification.from_pretrained(
         encoder_dir, num_labels=1, local_files_only=True, use_safetensors=True,
         trust_remote_code=False,

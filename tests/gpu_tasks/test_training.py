@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gpu_tasks.engine.convert import bundled_minilm
+from gpu_tasks.engine.graders import reward_scores
 from gpu_tasks.engine.loading import load_classifier_uncached, load_uncached
 from gpu_tasks.engine.training import (
     TrainSpec,
@@ -90,6 +91,12 @@ def test_reward_model_training_and_grpo_against_it(tiny_llama_dir, tmp_path):
     accuracy, n = pairwise_accuracy(reward, ROWS)
     assert n == 4 and accuracy == record["heldout_pairwise_accuracy"]
     assert pairwise_accuracy(reward, swapped(ROWS))[0] == pytest.approx(1 - accuracy)
+    again = train_reward_model(bundled_minilm(), ROWS * 2, ROWS, tmp_path / "rm2", epochs=2)
+    conversations = [r["prompt"] + r["chosen"] for r in ROWS]
+    assert again["loss"] == record["loss"]  # the same seed trains the same model
+    assert reward_scores(load_classifier_uncached(tmp_path / "rm2"), conversations) == (
+        reward_scores(reward, conversations)
+    )
 
     spec = TrainSpec(method="grpo", steps=1, learning_rate=1e-3, batch_size=2, num_generations=2,
                      max_completion_length=6, beta=0.04)  # fmt: skip
