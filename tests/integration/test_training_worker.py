@@ -88,6 +88,32 @@ def test_train_and_evaluate_registers_a_variant_and_compares_it_with_its_base(
     assert report["variant_under_attack"] and report["base_under_attack"]
 
 
+def test_grpo_trains_and_registers_its_trait_reward_model_first(
+    tiny_checkpoint, celery_worker_process
+):
+    audit = audit_create(
+        checkpoint=tiny_checkpoint, suites=[load_keel_suite("beneficial")],
+        conditions=["neutral"], samples=0, plan="train-and-evaluate", method="grpo",
+        train_domains=["health"], traits=["humility", "truthfulness"], steps=2,
+    )  # fmt: skip
+    audit = wait_until_finished(audit, celery_worker_process)
+    assert audit.status == Status.SUCCEEDED, list(audit.runs.values_list("error", flat=True))
+    variant = Checkpoint.objects.get(parent=tiny_checkpoint)
+    reward = Checkpoint.objects.get(name=f"{variant.name}-reward")
+    assert reward.kind == "reward" and reward.parent is None
+    assert reward.training["pairs"] == 6 and reward.training["heldout_pairs"] == 12
+    assert 0.0 <= reward.training["heldout_pairwise_accuracy"] <= 1.0
+    record = variant.training
+    assert record["method"] == "grpo" and record["steps"] == 2
+    assert record["trait_reward"] == {reward.name: reward.fingerprint}
+    curves = record["curves"]
+    for key in ("reward", "reward_std", "kl", "rewards/trait_reward/mean"):
+        assert len(curves[key]) == 2 and all(v is not None for v in curves[key]), key
+    train_log = audit.runs.get(kind=RunKind.TRAIN).log_tail
+    assert f"reward model {reward.name}: held-out accuracy" in train_log
+    assert "step 2/2" in train_log and "KL" in train_log
+
+
 def test_a_worker_killed_mid_training_resumes_from_the_last_save(
     tiny_checkpoint, transactional_db, models_root, tmp_path
 ):
