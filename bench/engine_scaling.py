@@ -32,10 +32,11 @@ def one(checkpoint: str, items: int, conditions: int, batch: int) -> dict:
     import django
 
     django.setup()
-    from audits.conditions import ADVERSARIAL, NEUTRAL, system_prompt
+    from audits.conditions import ADVERSARIAL, NEUTRAL
     from audits.models import Item
     from gpu_tasks.engine.loading import load
-    from gpu_tasks.engine.scoring import PairRequest, score_pairs
+    from gpu_tasks.engine.scoring import score_pairs
+    from gpu_tasks.evaluate import pair_request
     from models_registry.models import Checkpoint
 
     model = Checkpoint.objects.get(name=checkpoint)
@@ -43,8 +44,7 @@ def one(checkpoint: str, items: int, conditions: int, batch: int) -> dict:
     chosen = list(Item.objects.filter(suite__name="beneficial", split="eval")
                   .order_by("item_id")[:items])  # fmt: skip
     names = [NEUTRAL, *ADVERSARIAL][:conditions]
-    requests = [PairRequest(i.messages, i.chosen, i.rejected, system_prompt(c))
-                for i in chosen for c in names]  # fmt: skip
+    requests = [pair_request(i, c) for i in chosen for c in names]
     started = time.perf_counter()
     scores = score_pairs(loaded, requests, batch_tokens=batch)
     seconds = time.perf_counter() - started

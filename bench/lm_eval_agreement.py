@@ -39,10 +39,12 @@ def main() -> int:
     import django
 
     django.setup()
+    from audits.conditions import NEUTRAL
     from audits.models import Suite
     from audits.suite_export import export_lm_eval
     from gpu_tasks.engine.loading import load
-    from gpu_tasks.engine.scoring import PairRequest, score_pairs
+    from gpu_tasks.engine.scoring import score_pairs
+    from gpu_tasks.evaluate import pair_request
     from models_registry.models import Checkpoint
 
     suite = Suite.objects.filter(name=args.suite).order_by("-version").first()
@@ -55,7 +57,7 @@ def main() -> int:
 
     counted = count_work(loaded, items)
     started = time.perf_counter()
-    scores = score_pairs(loaded, [PairRequest(i.messages, i.chosen, i.rejected) for i in items])
+    scores = score_pairs(loaded, [pair_request(i, NEUTRAL) for i in items])
     keel_seconds = time.perf_counter() - started
     ours = {i.item_id: s for i, s in zip(items, scores, strict=True)}
     flops = model_flops(loaded, counted)

@@ -69,6 +69,7 @@ def main() -> int:
     from gpu_tasks.engine.graders import Case, reward_scores, rule_grades
     from gpu_tasks.engine.loading import load_classifier_uncached, load_uncached
     from gpu_tasks.engine.training import (
+        pair_scores,
         preference_rows,
         spec_for,
         train_policy,
@@ -98,13 +99,13 @@ def main() -> int:
     spec = spec_for("grpo", "quick", **overrides)
 
     started = time.monotonic()
-    record = train_reward_model(bundled_minilm(), reward_rows, preference_rows(heldout_items),
-                                work / "reward", epochs=args.reward_epochs,
-                                learning_rate=args.reward_lr)  # fmt: skip
-    reward = load_classifier_uncached(work / "reward")
     held_pairs = preference_rows(heldout_items)
-    chosen = reward_scores(reward, [r["prompt"] + r["chosen"] for r in held_pairs])
-    rejected = reward_scores(reward, [r["prompt"] + r["rejected"] for r in held_pairs])
+    record = train_reward_model(
+        bundled_minilm(), reward_rows, held_pairs, work / "reward",
+        epochs=args.reward_epochs, learning_rate=args.reward_lr,
+    )  # fmt: skip
+    reward = load_classifier_uncached(work / "reward")
+    chosen, rejected = pair_scores(reward, held_pairs)
     record = {k: v for k, v in record.items() if k != "loss"}
     record["heldout_logit_sd"] = round(statistics.pstdev(chosen + rejected), 4)
     record["heldout_chosen_minus_rejected"] = round(statistics.fmean(
@@ -154,12 +155,11 @@ def main() -> int:
 
 def margins(loaded, items) -> list[float]:
     """Calibrated margins of the items' preference pairs, neutral condition."""
-    from audits.conditions import NEUTRAL, system_prompt
-    from gpu_tasks.engine.scoring import PairRequest, score_pairs
+    from audits.conditions import NEUTRAL
+    from gpu_tasks.engine.scoring import score_pairs
+    from gpu_tasks.evaluate import pair_request
 
-    requests = [PairRequest(i.messages, i.chosen, i.rejected, system_prompt(NEUTRAL))
-                for i in items]  # fmt: skip
-    return [s.margin for s in score_pairs(loaded, requests)]
+    return [s.margin for s in score_pairs(loaded, [pair_request(i, NEUTRAL) for i in items])]
 
 
 if __name__ == "__main__":

@@ -69,19 +69,20 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from audits.conditions import ADVERSARIAL, NEUTRAL, condition_of, system_prompt
+    from audits.conditions import ADVERSARIAL, NEUTRAL, condition_of
     from audits.metrics import paired_difference
     from audits.models import Item
     from gpu_tasks.checkpoints import training_base
     from gpu_tasks.engine.convert import bundled_minilm
     from gpu_tasks.engine.loading import load_uncached
-    from gpu_tasks.engine.scoring import PairRequest, score_pairs
+    from gpu_tasks.engine.scoring import score_pairs
     from gpu_tasks.engine.training import (
         preference_rows,
         spec_for,
         train_policy,
         train_reward_model,
     )
+    from gpu_tasks.evaluate import pair_request
     from models_registry.models import Checkpoint
 
     for name in args.condition:
@@ -93,11 +94,10 @@ def main() -> int:
                            .order_by("item_id"))  # fmt: skip
     held = list(Item.objects.filter(suite__name="beneficial", split="eval", domain=args.domain)
                 .order_by("item_id"))  # fmt: skip
-    sets = {c: [PairRequest(i.messages, i.chosen, i.rejected, system_prompt(c)) for i in held]
-            for c in [NEUTRAL, *args.condition]}  # fmt: skip
+    sets = {c: [pair_request(i, c) for i in held] for c in [NEUTRAL, *args.condition]}
     if args.helpful:
         sets["helpful"] = [
-            PairRequest(i.messages, i.chosen, i.rejected, system_prompt(condition_of(i.tags)))
+            pair_request(i, condition_of(i.tags))
             for i in Item.objects.filter(suite__name="steering-helpful").order_by("item_id")
         ]
 

@@ -46,11 +46,13 @@ def run_evaluation(run_id: int) -> None:
     worker_progress.execute(run_id, _evaluate)
 
 
+def pair_request(item: Item, condition: str) -> PairRequest:
+    """What the scorer needs to compare an item's two replies under a condition."""
+    return PairRequest(item.messages, item.chosen, item.rejected, system_prompt(condition))
+
+
 def _score_and_store(run: Run, loaded, chunk: list[tuple[Item, str]]) -> None:
-    requests = [
-        PairRequest(item.messages, item.chosen, item.rejected, system_prompt(cond))
-        for item, cond in chunk
-    ]
+    requests = [pair_request(item, cond) for item, cond in chunk]
     precision = describe(loaded.device, loaded.dtype, with_name=False)
     replies = {_digest(t): t for item, _ in chunk for t in (item.chosen, item.rejected)}
     known = Calibration.objects.filter(

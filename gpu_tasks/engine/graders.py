@@ -199,12 +199,13 @@ def reward_text(tokenizer, conversation: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
 
 
-@torch.no_grad()
-def reward_scores(
-    reward: LoadedModel, conversations: list[list[dict]], batch_size: int = 16
-) -> list[float]:
+def reward_scores(reward: LoadedModel, conversations: list[list[dict]]) -> list[float]:
     """The reward model's logit for each full conversation (its last turn is the reply)."""
-    texts = [reward_text(reward.tokenizer, c) for c in conversations]
+    return reward_logits(reward, [reward_text(reward.tokenizer, c) for c in conversations])
+
+
+@torch.no_grad()
+def reward_logits(reward: LoadedModel, texts: list[str], batch_size: int = 16) -> list[float]:
     out: list[float] = []
     for start in range(0, len(texts), batch_size):
         encoded = reward.tokenizer(
@@ -217,10 +218,12 @@ def reward_scores(
 
 def reward_grades(reward: LoadedModel, name: str, cases: list[Case]) -> list[GradeResult]:
     """The reward model's score of each full conversation, squashed to 0..1."""
-    conversations = [[*c.messages, {"role": "assistant", "content": c.reply}] for c in cases]
-    logits = reward_scores(reward, conversations)
+    texts = [
+        reward_text(reward.tokenizer, [*c.messages, {"role": "assistant", "content": c.reply}])
+        for c in cases
+    ]
     return [
         GradeResult(f"reward:{name}", REWARD_VERSION, "", 1.0, 1 / (1 + math.exp(-logit)),
-                    f"reward {logit:+.3f}", reward_text(reward.tokenizer, conversation))
-        for conversation, logit in zip(conversations, logits, strict=True)
+                    f"reward {logit:+.3f}", text)
+        for text, logit in zip(texts, reward_logits(reward, texts), strict=True)
     ]  # fmt: skip

@@ -274,12 +274,17 @@ def grpo_rewards(reward_dir: Path) -> list[Callable]:
 # --- reward models ----------------------------------------------------------
 
 
+def pair_scores(reward: LoadedModel, rows: list[dict]) -> tuple[list[float], list[float]]:
+    """The reward model's scores of each preference row's chosen and rejected replies."""
+    chosen = reward_scores(reward, [r["prompt"] + r["chosen"] for r in rows])
+    return chosen, reward_scores(reward, [r["prompt"] + r["rejected"] for r in rows])
+
+
 def pairwise_accuracy(reward: LoadedModel, rows: list[dict]) -> tuple[float, int]:
     """Share of preference pairs whose chosen reply the reward model scores higher."""
     if not rows:
         return math.nan, 0
-    chosen = reward_scores(reward, [r["prompt"] + r["chosen"] for r in rows])
-    rejected = reward_scores(reward, [r["prompt"] + r["rejected"] for r in rows])
+    chosen, rejected = pair_scores(reward, rows)
     wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
     return wins / len(rows), len(rows)
 
