@@ -9,7 +9,18 @@ from django.conf import settings
 from django.db import transaction
 
 from audits.conditions import CONDITIONS
-from audits.models import DOMAINS, TRAITS, Audit, Item, Plan, Profile, Run, RunKind, Suite
+from audits.models import (
+    DOMAINS,
+    TRAITS,
+    Audit,
+    Item,
+    Plan,
+    Profile,
+    Run,
+    RunKind,
+    Status,
+    Suite,
+)  # fmt: skip
 from audits.profiles import default_conditions
 from models_registry.models import Checkpoint
 
@@ -170,3 +181,22 @@ def _enqueue(run_id: int, kind: str) -> None:
     from gpu_tasks.tasks import evaluate_run, train_run
 
     (train_run if kind == RunKind.TRAIN else evaluate_run).delay(run_id)
+
+
+@transaction.atomic
+def audit_retry(audit: Audit, user=None) -> int:
+    """Queue an audit's failed and cancelled runs again; each resumes from the chunks it
+    stored. Returns how many runs were queued."""
+    runs = list(audit.runs.select_for_update().filter(status__in=[Status.FAILED,
+                                                                  Status.CANCELLED]))  # fmt: skip
+    for run in runs:
+        run.status = Status.QUEUED
+        run.cancel_requested = False
+        run.error = ""
+        run.finished_at = None
+        run.log(f"retry requested by {user or 'command line'}")
+        run.save()
+        transaction.on_commit(lambda pk=run.pk, kind=run.kind: _enqueue(pk, kind))
+    if runs:
+        audit.refresh_status()
+    return len(runs)

@@ -8,5 +8,5 @@ urlpatterns = [
     path("new/", views.audit_new, name="new"),
     path("<int:audit_id>/", views.audit_detail, name="detail"),
     path("<int:audit_id>/cancel/", views.audit_cancel, name="cancel"),
-    path("<int:audit_id>/heatmap.json", views.audit_heatmap_json, name="heatmap"),
+    path("<int:audit_id>/retry/", views.audit_retry_view, name="retry"),
 ]

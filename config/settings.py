@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 KEEL_VERSION = "0.1.0"
@@ -53,6 +54,18 @@ KEEL_MODELS_DIR = KEEL_DATA_DIR / "models"
 KEEL_CHECKPOINT_ROOTS = [
     Path(p).expanduser().resolve() for p in envlist("KEEL_CHECKPOINT_ROOTS", [str(KEEL_MODELS_DIR)])
 ]
+
+# Heatmap cells and grades with fewer items than this are marked, not coloured or graded.
+try:
+    KEEL_MIN_CELL_ITEMS = int(os.environ.get("KEEL_MIN_CELL_ITEMS", "3"))
+except ValueError:
+    raise ImproperlyConfigured("KEEL_MIN_CELL_ITEMS must be a whole number, e.g. 3") from None
+if KEEL_MIN_CELL_ITEMS < 1:
+    raise ImproperlyConfigured("KEEL_MIN_CELL_ITEMS must be at least 1")
+
+# Comparisons of finished runs are cached per process (they never change once finished).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                      "OPTIONS": {"MAX_ENTRIES": 2000}}}  # fmt: skip
 
 
 def _secret_key() -> str:

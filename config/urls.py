@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+
+from audits import views as audit_views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="audits:list"), name="home"),
@@ -10,5 +12,10 @@ urlpatterns = [
     path("checkpoints/", include("models_registry.urls")),
     path("audits/", include("audits.urls")),
     path("suites/", include("audits.suite_urls")),
+    path("items/", audit_views.item_results, name="items"),
+    path("compare/", audit_views.compare, name="compare"),
+    re_path(
+        r"^charts/(?P<name>[a-z-]+)\.(?P<fmt>json|csv)$", audit_views.chart_data, name="chart"
+    ),  # fmt: skip
     path("admin/", admin.site.urls),
 ]

@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 
 from models_registry.inspection import CheckpointError
-from models_registry.models import Checkpoint
+from models_registry.models import Alias, Checkpoint
 from models_registry.roles import can_operate
 from models_registry.services import checkpoint_fields, inspect_new_checkpoint
 
@@ -64,3 +64,13 @@ class CheckpointAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Alias)
+class AliasAdmin(admin.ModelAdmin):
+    list_display = ["name", "checkpoint", "set_by", "set_at"]
+    readonly_fields = ["set_by", "set_at"]
+
+    def save_model(self, request, obj, form, change):
+        obj.set_by = request.user
+        super().save_model(request, obj, form, change)

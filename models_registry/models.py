@@ -69,6 +69,17 @@ class Checkpoint(models.Model):
             chain.insert(0, chain[0].parent)
         return chain
 
+    def family(self) -> list[Checkpoint]:
+        """The root of this checkpoint's lineage and every descendant of it, root first;
+        one query per generation."""
+        members = [self.lineage()[0]]
+        frontier = [members[0].pk]
+        while frontier:
+            children = list(Checkpoint.objects.filter(parent_id__in=frontier).order_by("pk"))
+            members += children
+            frontier = [c.pk for c in children]
+        return members
+
     @property
     def parameters_human(self) -> str:
         n = self.parameter_count
@@ -76,3 +87,22 @@ class Checkpoint(models.Model):
             if n >= size:
                 return f"{n / size:.1f}{unit}"
         return str(n)
+
+
+class Alias(models.Model):
+    """A moving name for one checkpoint, e.g. `production` or `candidate`: checkpoints are
+    immutable, so releases move an alias instead."""
+
+    name = models.SlugField(max_length=50, unique=True)
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="aliases")
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    set_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "aliases"
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.checkpoint}"

@@ -1,4 +1,4 @@
-// Audit page: live progress over a websocket, then the domains x traits heatmap.
+// Audit page: live progress over a websocket; heatmaps (charts.js) per evaluate run.
 "use strict";
 
 (function () {
@@ -6,18 +6,13 @@
   const runsEl = document.getElementById("runs");
   const statusEl = document.getElementById("audit-status");
   const liveEl = document.getElementById("live");
-  const metricEl = document.getElementById("metric");
+  const chartsEl = document.getElementById("charts");
   const FINISHED = ["succeeded", "failed", "cancelled"];
   let lastStatus = null;
-  let lastScores = -1;
+  let lastProgress = null;
   let retryMs = 1000;
 
-  function el(tag, attrs, text) {
-    const node = document.createElement(tag);
-    Object.entries(attrs || {}).forEach(([k, v]) => node.setAttribute(k, v));
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  const el = Keel.el;
 
   function renderRuns(snapshot) {
     runsEl.replaceChildren();
@@ -52,44 +47,52 @@
     statusEl.textContent = snapshot.status;
     statusEl.className = `status ${snapshot.status}`;
     const cancel = document.getElementById("cancel-form");
-    if (cancel && FINISHED.includes(snapshot.status)) cancel.hidden = true;
-    if (snapshot.scores !== lastScores && snapshot.scores > 0) drawHeatmap();
-    lastScores = snapshot.scores;
+    if (cancel) cancel.hidden = FINISHED.includes(snapshot.status);
+    const retry = document.getElementById("retry-form");
+    if (retry) retry.hidden = !["failed", "cancelled"].includes(snapshot.status);
+    ensureCharts(snapshot);
+    const progressKey = JSON.stringify([snapshot.scores, snapshot.runs.map((r) => [r.done, r.status])]);
+    if (lastProgress !== null && progressKey !== lastProgress) redrawSoon();
+    lastProgress = progressKey;
     lastStatus = snapshot.status;
   }
 
-  function fmt(x) {
-    return x === null || x === undefined ? "—" : Number(x).toFixed(3);
+  // One heatmap block per evaluate run, added as runs appear (a variant's run is created
+  // when its training finishes). Cells fill in while a run scores (provisional means),
+  // redrawn at most every few seconds; final scores with intervals replace them.
+  function ensureCharts(snapshot) {
+    snapshot.runs.filter((run) => run.kind === "evaluate").forEach((run) => {
+      if (document.getElementById(`chart-run-${run.run}`)) return;
+      const block = el("section", { class: "run-charts" });
+      block.append(el("h3", {}, `${run.checkpoint}: benefit by trait and domain (no system prompt)`));
+      const select = el("select", { "aria-label": "Metric" });
+      JSON.parse(document.getElementById("metrics").textContent).forEach(([value, label]) => {
+        select.append(el("option", { value }, label));
+      });
+      const traits = el("div", { id: `chart-run-${run.run}`, class: "chart",
+        "data-chart": `/charts/traits-domains.json?run=${run.run}&metric=margin`,
+        "data-title": `${run.checkpoint}: benefit by trait and domain` });
+      select.addEventListener("change", () => {
+        traits.dataset.chart = `/charts/traits-domains.json?run=${run.run}&metric=${select.value}`;
+        Keel.refreshCharts(traits.parentElement);
+      });
+      const label = el("label", { class: "inline" }, "Metric ");
+      label.append(select);
+      const conditions = el("div", { class: "chart", "data-chart": `/charts/conditions-domains.json?run=${run.run}`,
+        "data-title": `${run.checkpoint}: change under each condition against no system prompt` });
+      block.append(label, traits, el("h3", {}, `${run.checkpoint}: change under each persona against no system prompt, by domain`), conditions);
+      document.getElementById("charts-empty")?.remove();
+      chartsEl.append(block);
+      Keel.refreshCharts(block);
+    });
   }
 
-  async function drawHeatmap() {
-    const response = await fetch(`${urls.heatmap}?metric=${encodeURIComponent(metricEl.value)}`);
-    if (!response.ok) return;
-    const data = await response.json();
-    const hover = data.z.map((row, i) => row.map((v, j) => {
-      const n = data.n[i][j];
-      if (!n) return `${data.traits[i]} · ${data.domains[j]}<br>no items`;
-      const ci = data.ci_low[i][j] === null ? "interval needs ≥ 2 items"
-        : `95% CI ${fmt(data.ci_low[i][j])} to ${fmt(data.ci_high[i][j])}`;
-      return `${data.traits[i]} · ${data.domains[j]}<br>${data.label}: ${fmt(v)}<br>${ci}<br>n = ${n}`;
-    }));
-    const values = data.z.flat().filter((v) => v !== null);
-    const spread = Math.max(1e-6, ...values.map((v) => Math.abs(v - data.centre)));
-    const container = document.getElementById("heatmap");
-    container.replaceChildren();
-    // Purple-orange diverging scale (ColorBrewer PuOr), safe for colour-blind readers.
-    Plotly.newPlot(container, [{
-      type: "heatmap", x: data.domains.map((d) => d.replace("_", " ")),
-      y: data.traits.map((t) => t.replaceAll("_", " ")), z: data.z,
-      text: hover, hoverinfo: "text", hoverongaps: false,
-      zmid: data.centre, zmin: data.centre - spread, zmax: data.centre + spread,
-      colorscale: [[0, "#b35806"], [0.25, "#f1a340"], [0.5, "#f7f7f7"], [0.75, "#998ec3"], [1, "#542788"]],
-      colorbar: { title: { text: data.metric === "accuracy" ? "share won" : "nats" } },
-      xgap: 2, ygap: 2,
-    }], {
-      margin: { l: 170, r: 20, t: 10, b: 110 }, plot_bgcolor: "#d9d9d9",
-      xaxis: { tickangle: -35 }, yaxis: { automargin: true }, height: 380,
-    }, { responsive: true, displaylogo: false });
+  let lastDrawn = 0;
+  let pending = null;
+  function redrawSoon() {
+    const wait = Math.max(0, lastDrawn + 3000 - Date.now());
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; lastDrawn = Date.now(); Keel.refreshCharts(chartsEl); }, wait);
   }
 
   function connect() {
@@ -106,7 +109,6 @@
     };
   }
 
-  metricEl.addEventListener("change", drawHeatmap);
   apply(JSON.parse(document.getElementById("snapshot").textContent));
   connect();
 })();

@@ -20,7 +20,9 @@ from gpu_tasks.evaluate import run_evaluation
         "/audits/",
         "/audits/new/",
         "/audits/1/",
-        "/audits/1/heatmap.json",
+        "/charts/traits-domains.json?run=1",
+        "/items/?run=1",
+        "/compare/",
         "/checkpoints/anything/",
     ],  # fmt: skip
 )
@@ -114,16 +116,21 @@ def test_the_audit_page_embeds_its_progress_and_loads_plotly_locally(client, vie
 
 def test_the_heatmap_json_has_a_cell_per_domain_and_trait(client, viewer, finished_audit):
     client.force_login(viewer)
-    data = client.get(f"/audits/{finished_audit.pk}/heatmap.json?metric=accuracy").json()
-    assert len(data["traits"]) == 5 and len(data["domains"]) == 12
+    run = finished_audit.runs.get()
+    data = client.get(f"/charts/traits-domains.json?run={run.pk}&metric=accuracy").json()
+    assert data["rows"] == list(TRAITS) and len(data["columns"]) == 12
     assert all(v in (0.0, 1.0) for row in data["z"] for v in row)  # one item per cell
     assert all(n == 1 for row in data["n"] for n in row)
     assert data["ci_low"][0][0] is not None  # Wilson is defined even for one item
+    # One item is too few to colour a cell: every cell is marked, none left out.
+    assert data["min_items"] == 3 and all(all(row) for row in data["few"])
+    assert data["links"][0][0].startswith(f"run={run.pk}&suite=")
 
 
 def test_the_heatmap_json_refuses_an_unknown_metric(client, viewer, finished_audit):
     client.force_login(viewer)
-    response = client.get(f"/audits/{finished_audit.pk}/heatmap.json?metric=vibes")
+    run = finished_audit.runs.get()
+    response = client.get(f"/charts/traits-domains.json?run={run.pk}&metric=vibes")
     assert response.status_code == 400
     assert "unknown metric 'vibes'" in response.json()["error"]
 

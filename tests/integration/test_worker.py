@@ -74,7 +74,7 @@ def test_an_audit_queued_in_the_browser_is_run_by_the_worker(
     assert done == sorted(done)
     assert snapshots[-1]["runs"][0]["done"] == run.progress_total == 60 + run.generations.count()
     assert len(snapshots) >= 2
-    heatmap = client.get(f"/audits/{audit.pk}/heatmap.json").json()
+    heatmap = client.get(f"/charts/traits-domains.json?run={run.pk}").json()
     assert all(v is not None for row in heatmap["z"] for v in row)
 
 

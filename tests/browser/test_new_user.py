@@ -1,0 +1,193 @@
+"""A new operator's first audit, in Debian's chromium against a running Keel and worker.
+
+Log in, find the checkpoint, queue an audit from the form, and watch it finish live on the
+audit page: the websocket indicator, the progress bar and the status change without a
+reload, then the heatmap is drawn. Screenshots of every step are kept under
+test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from audits.models import DOMAINS, TRAITS, Audit
+from audits.services import audit_create
+from config.celery import app as celery_app
+from gpu_tasks.progress import report
+from tests.browser.conftest import fill_login_form, off_the_loop
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+# Installed before each page's own scripts: notes every value the progress bar, the status
+# badge and the live indicator take, so the test sees changes that come and go between
+# its polls, and whether the page was ever reloaded (a reload starts a new record).
+RECORDER = """
+(() => {
+  const seen = { progress: [], status: [], live: [], loadedAt: Date.now() };
+  window.__keelSeen = seen;
+  const note = (list, value) => {
+    if (value !== null && value !== undefined && list[list.length - 1] !== value) list.push(value);
+  };
+  const record = () => {
+    const bar = document.querySelector("#runs [role=progressbar]");
+    note(seen.progress, bar && bar.getAttribute("aria-valuenow"));
+    const status = document.getElementById("audit-status");
+    note(seen.status, status && status.textContent.trim());
+    const live = document.getElementById("live");
+    note(seen.live, live && live.textContent.trim());
+  };
+  document.addEventListener("DOMContentLoaded", () => {
+    record();
+    new MutationObserver(record).observe(document.body, {
+      subtree: true, childList: true, characterData: true, attributes: true,
+    });
+  });
+})();
+"""
+
+
+def test_a_new_operator_queues_an_audit_and_watches_it_finish(
+    celery_worker_process,  # first: the worker starts before the browser fixtures
+    live_server_url,
+    operator_account,
+    tiny_checkpoint,
+    starter_suite,
+    browser_page,
+    narrow_page,
+    screenshot,
+):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.add_init_script(RECORDER)
+
+    # Every page needs a login: the checkpoint list sends a new user to the form first.
+    page.goto(f"{live_server_url}/checkpoints/")
+    expect(page).to_have_url(re.compile(r"/login/\?next=/checkpoints/$"))
+    expect(page.get_by_role("heading", name="Log in to Keel")).to_be_visible()
+    screenshot(page, "01-login")
+    fill_login_form(page, *operator_account)
+    expect(page).to_have_url(f"{live_server_url}/checkpoints/")
+    link = page.get_by_role("link", name=tiny_checkpoint.name, exact=True)
+    expect(link).to_be_visible()
+    screenshot(page, "02-checkpoints")
+
+    link.click()
+    expect(page).to_have_url(f"{live_server_url}/checkpoints/{tiny_checkpoint.name}/")
+    expect(page.get_by_role("heading", level=1)).to_have_text(tiny_checkpoint.name)
+    screenshot(page, "03-checkpoint")
+
+    page.get_by_role("link", name="Audit this checkpoint").click()
+    expect(page.get_by_role("heading", name="New audit")).to_be_visible()
+    expect(page.locator("#id_checkpoint")).to_have_value(tiny_checkpoint.name)
+    screenshot(page, "04-new-audit")
+
+    # Keep it small: the starter suite, the neutral condition only, profile quick.
+    suites = page.locator("input[name=suites]")
+    for i in range(suites.count()):
+        box = suites.nth(i)
+        box.set_checked(box.get_attribute("value") == str(starter_suite.pk))
+    conditions = page.locator("input[name=conditions]")
+    for i in range(conditions.count()):
+        box = conditions.nth(i)
+        box.set_checked(box.get_attribute("value") == "neutral")
+    page.select_option("#id_profile", "quick")
+    page.fill("#id_samples", "1")
+    screenshot(page, "05-new-audit-filled")
+    page.get_by_role("button", name="Queue audit").click()
+
+    expect(page).to_have_url(re.compile(r"/audits/\d+/$"))
+    audit = Audit.objects.get()
+    assert page.url == f"{live_server_url}/audits/{audit.pk}/"
+    # The audit is what was chosen in the form.
+    assert audit.checkpoint == tiny_checkpoint
+    assert list(audit.suites.all()) == [starter_suite]
+    chosen = (audit.conditions, audit.profile, audit.config["generation"]["samples"])
+    assert chosen == (["neutral"], "quick", 1)
+    assert audit.created_by.username == operator_account[0]
+    expect(page.locator(".message")).to_have_text(f"Queued audit {audit.pk}.")
+    loaded_at = page.evaluate("window.__keelSeen.loadedAt")
+
+    expect(page.locator("#live")).to_have_text("live")
+    screenshot(page, "06-audit-live")
+
+    status = page.locator("#audit-status")
+    expect(status).to_have_text("succeeded", timeout=180_000)
+    expect(page.locator("#heatmap .main-svg").first).to_be_visible()
+    screenshot(page, "07-audit-succeeded")
+
+    seen = page.evaluate("window.__keelSeen")
+    assert seen["loadedAt"] == loaded_at, "the audit page was reloaded"
+    # It was open before the audit finished, and followed it to the end over the websocket.
+    assert seen["status"][0] in ("queued", "running"), seen
+    assert seen["status"][-1] == "succeeded", seen
+    assert seen["live"][-1] == "live", seen
+    progress = [int(v) for v in seen["progress"]]
+    assert len(set(progress)) >= 2, seen
+    assert progress == sorted(progress), seen
+    assert progress[-1] == 100, seen
+    expect(page.locator("#runs .count")).to_contain_text("(100%)")
+
+    # The heatmap holds a value in every domain × trait cell (the starter suite has one item
+    # in each).
+    z = page.evaluate("document.getElementById('heatmap').data[0].z")
+    assert len(z) == len(TRAITS)
+    assert all(len(row) == len(DOMAINS) for row in z)
+    assert all(value is not None for row in z for value in row)
+
+    # The same page on a phone-sized screen, once it has finished.
+    narrow = narrow_page(page)
+    narrow.goto(page.url)
+    expect(narrow.locator("#audit-status")).to_have_text("succeeded")
+    expect(narrow.locator("#heatmap .main-svg").first).to_be_visible()
+    screenshot(narrow, "08-audit-succeeded-420px")
+    right = narrow.evaluate("document.getElementById('heatmap').getBoundingClientRect().right")
+    assert right <= 420, "the heatmap runs off a 420 px screen"
+
+
+def test_the_live_indicator_reconnects_when_the_server_restarts(
+    keel_server, tiny_checkpoint, starter_suite, logged_in_page, screenshot
+):
+    from playwright.sync_api import expect
+
+    # No worker runs here: the test moves the run itself with the worker's own progress
+    # calls, so the audit stays unfinished for as long as the check needs.
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], conditions=["neutral"])
+    run = audit.runs.get()
+    try:
+        page = logged_in_page
+        page.add_init_script(RECORDER)
+        page.goto(f"{keel_server.url}/audits/{audit.pk}/")
+        live = page.locator("#live")
+        bar = page.locator("#runs [role=progressbar]")
+        expect(live).to_have_text("live")
+        expect(page.locator("#audit-status")).to_have_text("queued")
+        screenshot(page, "01-live")
+
+        started = time.monotonic()
+        keel_server.stop()
+        expect(live).to_have_text("reconnecting…")
+        expect(live).to_have_class(re.compile(r"\boff\b"))
+        # Progress made while the server is down reaches the page once it reconnects.
+        run.mark_started("cpu")
+        off_the_loop(report, run, stage="scoring", done=12, total=60)
+        screenshot(page, "02-reconnecting")
+
+        keel_server.start()
+        expect(live).to_have_text("live", timeout=30_000)
+        expect(bar).to_have_attribute("aria-valuenow", "20")
+        expect(page.locator("#audit-status")).to_have_text("running")
+        # And the new connection carries the updates that follow.
+        off_the_loop(report, run, done=45)
+        expect(bar).to_have_attribute("aria-valuenow", "75")
+        elapsed = time.monotonic() - started
+        screenshot(page, "03-live-again")
+
+        seen = page.evaluate("window.__keelSeen")
+        assert seen["live"] == ["connecting…", "live", "reconnecting…", "live"], seen
+        assert elapsed < 30, f"reconnecting took {elapsed:.1f} s"
+    finally:
+        celery_app.control.purge()  # the audit's queued task: no worker will take it
