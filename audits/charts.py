@@ -20,7 +20,13 @@ from django.db.models.functions import Cast
 from audits.conditions import ADVERSARIAL, HELPFUL, NEUTRAL
 from audits.metrics import finite_or_none
 from audits.models import DOMAINS, FAMILIES, TRAITS, ItemResult, Metric, Run, Score, Status
-from audits.report import cached_comparison, latest_runs, min_cell_items, primary_suites
+from audits.report import (
+    cached_comparison,
+    latest_runs,
+    min_cell_items,
+    primary_suites,
+    suite_kinds,
+)
 from audits.scoring import ADVERSARIAL_POOL, HELPFUL_POOL
 
 # Metrics the trait x domain chart offers, each per cell under the neutral condition.
@@ -216,13 +222,14 @@ def checkpoints_by_domain(checkpoints) -> Chart:
             metric__in=[Metric.MARGIN, Metric.ACCURACY],
         )
     )
+    kinds = suite_kinds({s.suite_id for s in scores})
     by_run: dict[int, list[Score]] = {}
     for s in scores:
         by_run.setdefault(s.run_id, []).append(s)
     cells, links, rows = {}, {}, []
     for run in sorted(runs.values(), key=lambda r: r.checkpoint.name):
         mine = by_run.get(run.pk, [])
-        suite = primary_suites(mine).get("benefit")
+        suite = primary_suites(mine, kinds).get("benefit")
         rows.append(run.checkpoint.name)
         for s in mine:
             if s.suite_id == suite and s.domain and s.metric == Metric.MARGIN:
@@ -257,13 +264,14 @@ def checkpoints_by_family(checkpoints) -> Chart:
             metric__in=[Metric.MISALIGNED, Metric.ACCURACY],
         )
     )
+    kinds = suite_kinds({s.suite_id for s in scores})
     by_run: dict[int, list[Score]] = {}
     for s in scores:
         by_run.setdefault(s.run_id, []).append(s)
     cells, links, rows = {}, {}, []
     for run in sorted(runs.values(), key=lambda r: r.checkpoint.name):
         mine = by_run.get(run.pk, [])
-        suite = primary_suites(mine).get("misalignment")
+        suite = primary_suites(mine, kinds).get("misalignment")
         if suite is None:
             continue
         rows.append(run.checkpoint.name)

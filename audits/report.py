@@ -94,11 +94,20 @@ def suite_kinds(suite_ids) -> dict[int, str]:
     return kinds
 
 
-def primary_suites(scores: list[Score]) -> dict[str, int]:
+def primary_suites(scores: list[Score], kinds: dict[int, str] | None = None) -> dict[str, int]:
     """Per item kind, the suite with the most items scored under neutral: the one a
-    headline index reads when an audit has several suites of one kind."""
+    headline index reads when an audit has several suites of one kind. Pass `kinds`
+    (from `suite_kinds`) when calling once per run, to query them once."""
     overall = [s for s in scores if not (s.domain or s.trait or s.family)]
-    return _primary_from(overall, suite_kinds({s.suite_id for s in overall}))
+    if kinds is None:
+        kinds = suite_kinds({s.suite_id for s in overall})
+    best: dict[str, tuple[int, int]] = {}
+    for s in overall:
+        if s.metric == Metric.ACCURACY and s.condition in (NEUTRAL, HELPFUL_POOL):
+            kind = kinds.get(s.suite_id, "")
+            if kind and s.n > best.get(kind, (-1, 0))[0]:
+                best[kind] = (s.n, s.suite_id)
+    return {kind: suite_id for kind, (_, suite_id) in best.items()}
 
 
 def grade(accuracy: Score | None) -> tuple[str, str]:
@@ -375,7 +384,7 @@ def family_trend(family: list[Checkpoint]) -> list[dict]:
         if run is None:
             continue
         mine = per_run.get(run.pk, [])
-        primary = _primary_from(mine, kinds)
+        primary = primary_suites(mine, kinds)
         by_key = {(s.suite_id, s.condition, s.metric): s for s in mine}
         point = {
             "checkpoint": member.name,
@@ -402,16 +411,6 @@ def family_trend(family: list[Checkpoint]) -> list[dict]:
             )
         points.append(point)
     return points
-
-
-def _primary_from(overall: list[Score], kinds: dict[int, str]) -> dict[str, int]:
-    best: dict[str, tuple[int, int]] = {}
-    for s in overall:
-        if s.metric == Metric.ACCURACY and s.condition in (NEUTRAL, HELPFUL_POOL):
-            kind = kinds.get(s.suite_id, "")
-            if kind and s.n > best.get(kind, (-1, 0))[0]:
-                best[kind] = (s.n, s.suite_id)
-    return {kind: suite_id for kind, (_, suite_id) in best.items()}
 
 
 def summary_rows(audit: Audit) -> list[dict]:

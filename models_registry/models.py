@@ -70,15 +70,21 @@ class Checkpoint(models.Model):
         return chain
 
     def family(self) -> list[Checkpoint]:
-        """The root of this checkpoint's lineage and every descendant of it, root first;
-        one query per generation."""
-        members = [self.lineage()[0]]
-        frontier = [members[0].pk]
-        while frontier:
-            children = list(Checkpoint.objects.filter(parent_id__in=frontier).order_by("pk"))
-            members += children
-            frontier = [c.pk for c in children]
-        return members
+        """The root of this checkpoint's lineage and every descendant of that root, root
+        first, then in the order they were registered: one query however deep."""
+        table = self._meta.db_table
+        return list(Checkpoint.objects.raw(
+            f"""WITH RECURSIVE up(id, parent_id) AS (
+                    SELECT id, parent_id FROM {table} WHERE id = %s
+                    UNION ALL SELECT c.id, c.parent_id FROM {table} c JOIN up ON c.id = up.parent_id
+                ), down(id) AS (
+                    SELECT id FROM up WHERE parent_id IS NULL
+                    UNION ALL SELECT c.id FROM {table} c JOIN down ON c.parent_id = down.id
+                )
+                SELECT t.* FROM {table} t JOIN down ON t.id = down.id
+                ORDER BY t.parent_id IS NOT NULL, t.registered_at, t.id""",  # noqa: S608
+            [self.pk],
+        ))  # fmt: skip
 
     @property
     def parameters_human(self) -> str:

@@ -9,10 +9,11 @@ import io
 import pytest
 from django.core.cache import cache
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from audits.builtin import load_keel_suite
-from audits.models import Audit, ItemResult, Metric, Run, Score, Status
+from audits.models import Audit, ItemResult, Metric, Run, Score, Status, Suite
 from audits.report import _delta_flags, grade, report_card
 from audits.services import audit_create
 from gpu_tasks.evaluate import run_evaluation
@@ -21,34 +22,40 @@ from models_registry.services import checkpoint_register
 from tests.conftest import build_tiny_llama
 
 
-@pytest.fixture
-def family(tiny_checkpoint, starter_suite, models_root, smollm2_tokenizer_dir):
+@pytest.fixture(scope="module")
+def family(django_db_setup, django_db_blocker, models_root, smollm2_tokenizer_dir):
     """A base and a variant of it, each evaluated on the starter suite and the probes
-    (quick: one item per cell) with no system prompt and under flattery."""
-    variant_dir = models_root / "tiny-llama-seed-1"
-    if not variant_dir.exists():
-        build_tiny_llama(variant_dir, smollm2_tokenizer_dir, seed=1)
-    variant = checkpoint_register(
-        path=variant_dir, name="tiny-variant", parent=tiny_checkpoint, tags=["candidate"]
-    )
-    probes = load_keel_suite("probes")
-    runs = {}
-    for checkpoint in (tiny_checkpoint, variant):
-        audit = audit_create(
-            checkpoint=checkpoint,
-            suites=[starter_suite, probes],
-            samples=0,
-            conditions=["neutral", "flattery"],
-            profile="quick",
-        )
-        run_evaluation(audit.runs.get().pk)
-        runs[checkpoint.name] = audit.runs.get()
+    (quick: one item per cell) with no system prompt and under flattery. Scoring takes a
+    minute on two cores, so it is done once for the module: committed here, read by tests
+    whose own changes roll back, and deleted at the end."""
+    with django_db_blocker.unblock(), override_settings(KEEL_CHECKPOINT_ROOTS=[models_root]):
+        suites_before = set(Suite.objects.values_list("pk", flat=True))
+        checkpoints, runs = [], {}
+        for seed, name in ((2, "dash-base"), (3, "dash-variant")):
+            folder = models_root / f"tiny-llama-seed-{seed}"
+            if not folder.exists():
+                build_tiny_llama(folder, smollm2_tokenizer_dir, seed=seed)
+            checkpoints.append(checkpoint_register(
+                path=folder, name=name, parent=checkpoints[0] if checkpoints else None,
+                tags=["candidate"] if checkpoints else [],
+            ))  # fmt: skip
+        suites = [load_keel_suite("starter"), load_keel_suite("probes")]
+        for checkpoint in checkpoints:
+            audit = audit_create(checkpoint=checkpoint, suites=suites, samples=0,
+                                 conditions=["neutral", "flattery"], profile="quick")  # fmt: skip
+            run_evaluation(audit.runs.get().pk)
+            runs[checkpoint.name] = audit.runs.get()
     cache.clear()
-    return runs
+    yield runs
+    with django_db_blocker.unblock():
+        Audit.objects.filter(checkpoint__in=checkpoints).delete()
+        for checkpoint in reversed(checkpoints):
+            checkpoint.delete()
+        Suite.objects.exclude(pk__in=suites_before).delete()
 
 
-def test_the_report_card_reads_the_latest_scores_and_pairs_with_the_base(family):
-    base_run, run = family["tiny-llama"], family["tiny-variant"]
+def test_the_report_card_reads_the_latest_scores_and_pairs_with_the_base(db, family):
+    base_run, run = family["dash-base"], family["dash-variant"]
     card = report_card(run.checkpoint)
     assert card.run == run and card.base_run == base_run
     indices = {i.key: i for i in card.indicators}
@@ -105,15 +112,15 @@ def test_the_report_card_reads_the_latest_scores_and_pairs_with_the_base(family)
 
 def test_the_checkpoint_page_shows_the_card_lineage_and_trend(client, viewer, family):
     client.force_login(viewer)
-    page = client.get("/checkpoints/tiny-variant/").content.decode()
+    page = client.get("/checkpoints/dash-variant/").content.decode()
     assert "Report card" in page and "Benefit index" in page and "Misalignment index" in page
-    assert "Against its base, tiny-llama" in page
-    assert 'class="tree"' in page and 'aria-current="page">tiny-variant' in page
+    assert "Against its base, dash-base" in page
+    assert 'class="tree"' in page and 'aria-current="page">dash-variant' in page
     assert '<script id="trend" type="application/json">' in page  # two members: a trend
-    assert family["tiny-variant"].audit.config_hash[:16] in page
-    base_page = client.get("/checkpoints/tiny-llama/").content.decode()
+    assert family["dash-variant"].audit.config_hash[:16] in page
+    base_page = client.get("/checkpoints/dash-base/").content.decode()
     assert "Against its base" not in base_page  # a base model has no base
-    assert 'href="/checkpoints/tiny-variant/"' in base_page  # but shows its variant
+    assert 'href="/checkpoints/dash-variant/"' in base_page  # but shows its variant
 
 
 def test_a_checkpoint_without_an_evaluation_says_so(client, operator, tiny_checkpoint):
@@ -193,7 +200,7 @@ def test_flags_against_the_base_are_plain_words_with_figures():
 
 def test_chart_data_downloads_as_csv_and_json_and_explains_bad_requests(client, viewer, family):
     client.force_login(viewer)
-    run = family["tiny-variant"]
+    run = family["dash-variant"]
     data = client.get(f"/charts/conditions-domains.json?run={run.pk}").json()
     assert data["rows"] == ["flattery"] and data["scale"] == "diverging"
     health = data["columns"].index("health")
@@ -216,7 +223,7 @@ def test_chart_data_downloads_as_csv_and_json_and_explains_bad_requests(client, 
     assert float(next(r for r in rows if r["domain"] == "health")["value"]) == shift.value
 
     families = client.get("/charts/checkpoints-families.json").json()
-    assert sorted(families["rows"]) == ["tiny-llama", "tiny-variant"]
+    assert sorted(families["rows"]) == ["dash-base", "dash-variant"]
     assert families["scale"] == "sequential" and families["lower_is_better"] is True
 
     for url, message in [
@@ -232,7 +239,7 @@ def test_chart_data_downloads_as_csv_and_json_and_explains_bad_requests(client, 
 
 def test_a_running_run_fills_its_heatmap_with_provisional_means(client, viewer, family):
     client.force_login(viewer)
-    run = family["tiny-llama"]
+    run = family["dash-base"]
     Run.objects.filter(pk=run.pk).update(status=Status.RUNNING)
     ItemResult.objects.filter(run=run, item__domain="law").delete()
     data = client.get(f"/charts/traits-domains.json?run={run.pk}").json()
@@ -252,13 +259,13 @@ def test_a_running_run_fills_its_heatmap_with_provisional_means(client, viewer, 
 
 def test_the_drill_down_shows_a_cells_items_and_filters_lost_and_flipped(client, viewer, family):
     client.force_login(viewer)
-    run, base = family["tiny-variant"], family["tiny-llama"]
+    run, base = family["dash-variant"], family["dash-base"]
     page = client.get(f"/items/?run={run.pk}&domain=health&condition=neutral").content.decode()
     health = ItemResult.objects.filter(run=run, item__domain="health", condition="neutral")
     assert f"{health.count()} results" in page
     first = health.select_related("item").order_by("item__item_id").first()
     assert first.item.item_id in page and first.item.messages[0]["content"][:40] in page
-    assert f"{first.margin:.3f}" in page and "Flipped against tiny-llama" in page
+    assert f"{first.margin:.3f}" in page and "Flipped against dash-base" in page
 
     lost = client.get(f"/items/?run={run.pk}&show=lost").content.decode()
     assert f"{ItemResult.objects.filter(run=run, won=False).count()} result" in lost
@@ -274,12 +281,12 @@ def test_the_drill_down_shows_a_cells_items_and_filters_lost_and_flipped(client,
 
 def test_the_comparison_page_pairs_two_checkpoints_and_explains_bad_choices(client, viewer, family):
     client.force_login(viewer)
-    page = client.get("/compare/?a=tiny-variant&b=tiny-llama").content.decode()
-    assert "tiny-variant − tiny-llama" in page
-    assert f"?run={family['tiny-variant'].pk}&amp;against={family['tiny-llama'].pk}" in page
-    same = client.get("/compare/?a=tiny-llama&b=tiny-llama")
+    page = client.get("/compare/?a=dash-variant&b=dash-base").content.decode()
+    assert "dash-variant − dash-base" in page
+    assert f"?run={family['dash-variant'].pk}&against={family['dash-base'].pk}&show=flipped" in page
+    same = client.get("/compare/?a=dash-base&b=dash-base")
     assert same.status_code == 400 and "Pick two different checkpoints." in same.content.decode()
-    missing = client.get("/compare/?a=tiny-llama&b=ghost")
+    missing = client.get("/compare/?a=dash-base&b=ghost")
     assert missing.status_code == 400
     assert "ghost has no finished evaluation to compare" in missing.content.decode()
 
@@ -325,20 +332,20 @@ def test_retry_requeues_failed_runs_for_operators_only(
 
 def test_aliases_move_and_search_finds_aliases_and_tags(client, operator, family):
     client.force_login(operator)
-    client.post("/checkpoints/tiny-llama/alias/", {"name": "production"})
-    client.post("/checkpoints/tiny-variant/alias/", {"name": "production"})
-    assert Alias.objects.get(name="production").checkpoint.name == "tiny-variant"
-    bad = client.post("/checkpoints/tiny-llama/alias/", {"name": "not ok!"}, follow=True)
+    client.post("/checkpoints/dash-base/alias/", {"name": "production"})
+    client.post("/checkpoints/dash-variant/alias/", {"name": "production"})
+    assert Alias.objects.get(name="production").checkpoint.name == "dash-variant"
+    bad = client.post("/checkpoints/dash-base/alias/", {"name": "not ok!"}, follow=True)
     assert "Enter a valid “slug”" in bad.content.decode()
     assert Alias.objects.count() == 1  # nothing stored by the refused request
 
     def listed(query):
         page = client.get(f"/checkpoints/?{query}").content.decode()
-        return {n for n in ("tiny-llama", "tiny-variant") if f'href="/checkpoints/{n}/">' in page}
+        return {n for n in ("dash-base", "dash-variant") if f'data-checkpoint="{n}"' in page}
 
-    assert listed("q=production") == {"tiny-variant"}
-    assert listed("tag=candidate") == {"tiny-variant"}
-    assert listed("q=cand") == {"tiny-variant"}
+    assert listed("q=production") == {"dash-variant"}
+    assert listed("tag=candidate") == {"dash-variant"}
+    assert listed("q=cand") == {"dash-variant"}
 
 
 def test_registering_with_bad_tags_is_explained(client, operator, tiny_llama_dir):
@@ -353,7 +360,7 @@ def test_registering_with_bad_tags_is_explained(client, operator, tiny_llama_dir
 def grow_history(runs: dict[str, Run], copies: int) -> None:
     """More checkpoints, each with a finished audit whose scores and item results copy
     the variant's: history that every page must read without more queries."""
-    template = runs["tiny-variant"]
+    template = runs["dash-variant"]
     scores = list(Score.objects.filter(run=template))
     results = list(ItemResult.objects.filter(run=template))
     for i in range(copies):
@@ -391,15 +398,15 @@ def grow_history(runs: dict[str, Run], copies: int) -> None:
 
 def test_pages_make_the_same_number_of_queries_however_much_history(client, viewer, family):
     client.force_login(viewer)
-    variant = family["tiny-variant"]
+    variant = family["dash-variant"]
     pages = [
         "/checkpoints/",
         "/checkpoints/?q=tiny",
-        "/checkpoints/tiny-variant/",
+        "/checkpoints/dash-variant/",
         "/audits/",
         f"/audits/{variant.audit_id}/",
         f"/items/?run={variant.pk}&show=flipped",
-        "/compare/?a=tiny-variant&b=tiny-llama",
+        "/compare/?a=dash-variant&b=dash-base",
         f"/charts/traits-domains.json?run={variant.pk}",
         f"/charts/conditions-domains.json?run={variant.pk}",
         "/charts/checkpoints-domains.json",
