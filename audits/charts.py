@@ -53,6 +53,7 @@ class Chart:
     cells: dict | None = None  # (row, column) -> Score-like
     links: dict | None = None  # (row, column) -> drill-down query string
     provisional: bool = False  # cells are running means of a run still scoring
+    empty: str = "No scores yet."  # what the page says when there are no cells
 
     def as_json(self) -> dict:
         cells, links, few = self.cells or {}, self.links or {}, min_cell_items()
@@ -73,6 +74,7 @@ class Chart:
             "centre": self.centre,
             "lower_is_better": self.lower_is_better,
             "provisional": self.provisional,
+            "empty": self.empty,
             "min_items": few,
             "z": grid("value"),
             "ci_low": grid("ci_low"),
@@ -197,6 +199,7 @@ def conditions_by_domain(run: Run) -> Chart:
     order = [c for c in (*ADVERSARIAL, *HELPFUL) if any(k[0] == c for k in cells)]
     return Chart(
         name="conditions-domains",
+        empty=_empty(run, "This evaluation scored no persona besides no system prompt."),
         title=f"Change against no system prompt, by condition and domain: {run.checkpoint.name}",
         label=Metric.SHIFT.label,
         rows=order,
@@ -207,6 +210,34 @@ def conditions_by_domain(run: Run) -> Chart:
         cells=cells,
         links={k: _link(run=run.pk, suite=suite, condition=k[0], domain=k[1]) for k in cells},
     )
+
+
+def helpful_by_domain(run: Run) -> Chart:
+    """One checkpoint: how strongly it prefers the reply that follows a benign system
+    instruction, per instruction and domain, and pooled over instructions ("helpful")."""
+    scores = list(Score.objects.filter(run=run, trait="", family=""))
+    suite = primary_suites(scores).get("instruction")
+    cells = {
+        (s.condition, s.domain): s
+        for s in scores
+        if s.metric == Metric.MARGIN and s.suite_id == suite and s.domain
+        and s.condition in (HELPFUL_POOL, *HELPFUL)
+    }  # fmt: skip
+    order = [c for c in (HELPFUL_POOL, *HELPFUL) if any(k[0] == c for k in cells)]
+    return Chart(
+        name="helpful-domains",
+        empty=_empty(run, "This evaluation had no helpful-instruction items."),
+        title=f"Following helpful instructions, by instruction and domain: {run.checkpoint.name}",
+        label="Mean calibrated margin of the reply that follows the instruction (nats)",
+        rows=order,
+        columns=list(DOMAINS),
+        row_title="instruction",
+        column_title="domain",
+        scale="diverging",
+        cells=cells,
+        links={k: _link(run=run.pk, suite=suite, condition=k[0] if k[0] != HELPFUL_POOL else "",
+                        domain=k[1]) for k in cells},
+    )  # fmt: skip
 
 
 def checkpoints_by_domain(checkpoints) -> Chart:
@@ -239,6 +270,7 @@ def checkpoints_by_domain(checkpoints) -> Chart:
                 )
     return Chart(
         name="checkpoints-domains",
+        empty="None of these checkpoints has a finished evaluation yet.",
         title="Benefit by checkpoint and domain",
         label=Metric.MARGIN.label,
         rows=rows,
@@ -283,6 +315,7 @@ def checkpoints_by_family(checkpoints) -> Chart:
                 )
     return Chart(
         name="checkpoints-families",
+        empty="None of these checkpoints has a finished evaluation with probes yet.",
         title="Misalignment by checkpoint and probe family",
         label=Metric.MISALIGNED.label,
         rows=rows,
@@ -328,6 +361,7 @@ def transfer_matrix(audits) -> Chart:
                 )
     return Chart(
         name="transfer",
+        empty="No train-and-evaluate audit has finished yet.",
         title="Transfer: change of benefit after training, by training and evaluation domain",
         label="Paired change of calibrated margin, variant minus base",
         rows=rows,
@@ -338,3 +372,7 @@ def transfer_matrix(audits) -> Chart:
         cells=cells,
         links=links,
     )
+
+
+def _empty(run: Run, finished: str) -> str:
+    return finished if run.status == Status.SUCCEEDED else "Appears when the run finishes."

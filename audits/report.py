@@ -22,6 +22,7 @@ from audits.scoring import ADVERSARIAL_POOL, HELPFUL_POOL
 from models_registry.models import Checkpoint
 
 FLAG_LIMIT = 12
+CARD_METRICS = (Metric.ACCURACY, Metric.MARGIN, Metric.MISALIGNED, Metric.SHIFT)
 
 
 def min_cell_items() -> int:
@@ -59,6 +60,10 @@ class ReportCard:
     deltas: list[dict] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     suites: list = field(default_factory=list)
+
+    @property
+    def has_helpful(self) -> bool:
+        return any(i.key == "helpful" for i in self.indicators)
 
 
 def latest_runs(checkpoints) -> dict[int, Run]:
@@ -147,7 +152,12 @@ def report_card(checkpoint: Checkpoint, run: Run | None = None) -> ReportCard:
     card = ReportCard(checkpoint=checkpoint, run=run, base=checkpoint.parent)
     if run is None:
         return card
-    scores = list(Score.objects.filter(run=run))
+    # What a card reads: overall, per-domain and per-family rows, never the cells.
+    scores = list(
+        Score.objects.filter(run=run, trait="", metric__in=CARD_METRICS).exclude(
+            domain__gt="", family__gt=""
+        )
+    )
     primary = primary_suites(scores)
     card.suites = list(run.audit.suites.all())
     by_key = {(s.suite_id, s.condition, s.domain, s.trait, s.family, s.metric): s for s in scores}

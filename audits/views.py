@@ -175,6 +175,8 @@ def _chart(request, name: str) -> charts.Chart:
         )
     if name == "conditions-domains":
         return charts.conditions_by_domain(_get_run(request, request.GET.get("run")))
+    if name == "helpful-domains":
+        return charts.helpful_by_domain(_get_run(request, request.GET.get("run")))
     if name in ("checkpoints-domains", "checkpoints-families"):
         ids = request.GET.getlist("id")
         if not all(i.isdigit() for i in ids):
@@ -190,7 +192,7 @@ def _chart(request, name: str) -> charts.Chart:
         return charts.transfer_matrix(audits.order_by("-created_at")[:50])
     raise charts.ChartError(
         f"there is no chart {name!r}; charts: traits-domains, conditions-domains, "
-        "checkpoints-domains, checkpoints-families, transfer"
+        "helpful-domains, checkpoints-domains, checkpoints-families, transfer"
     )
 
 

@@ -63,7 +63,8 @@ except ValueError:
 if KEEL_MIN_CELL_ITEMS < 1:
     raise ImproperlyConfigured("KEEL_MIN_CELL_ITEMS must be at least 1")
 
-# Comparisons of finished runs are cached per process (they never change once finished).
+# Comparisons of finished runs are cached (they never change once finished); in Redis when
+# REDIS_URL is set (below), else per process.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
                       "OPTIONS": {"MAX_ENTRIES": 2000}}}  # fmt: skip
 
@@ -146,7 +147,9 @@ TEMPLATES = [
 # --- Database --------------------------------------------------------------
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # No persistent connections: under ASGI each request runs in its own thread and Django
+    # would leave one open connection per request until PostgreSQL refuses new clients.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 else:
     DATABASES = {
         "default": {
@@ -177,7 +180,19 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 times reads out after 5 s, exactly the layer's blocking-pop
             # wait: give reads room or every idle socket dies with a TimeoutError.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            # Hundreds of pages closing at once must not exhaust the pool (redis-py raises
+            # rather than waits, and a failed group_discard leaves a dead channel behind).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}]
+            },
+        }
+    }
+    # Shared by every web process, so a comparison is computed once, not once per worker.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "keel",
         }
     }
 else:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.db.models import Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -10,6 +11,7 @@ from models_registry.forms import AliasForm, RegisterCheckpointForm
 from models_registry.models import Alias, Checkpoint
 from models_registry.roles import can_operate, operator_required
 
+PER_PAGE = 50
 CHART_ROWS = 40  # checkpoints shown in the list page's heatmaps
 
 
@@ -31,13 +33,16 @@ def checkpoint_list(request):
         ).distinct()
     if tag:
         checkpoints = checkpoints.filter(tags__icontains=f'"{tag}"')
-    checkpoints = list(checkpoints[:500])
+    page = Paginator(checkpoints, PER_PAGE).get_page(request.GET.get("page"))
+    checkpoints = list(page.object_list)
     chart_ids = [c.pk for c in checkpoints[:CHART_ROWS]]
     return render(
         request,
         "registry/list.html",
         {
             "checkpoints": checkpoints,
+            "page": page,
+            "page_query": "&".join(f"{k}={v}" for k, v in (("q", query), ("tag", tag)) if v),
             "query": query,
             "tag": tag,
             "can_operate": can_operate(request.user),

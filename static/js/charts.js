@@ -43,7 +43,7 @@ window.Keel = window.Keel || {};
     const plot = container.querySelector(".plot");
     plot.replaceChildren();
     if (!data.rows.length) {
-      plot.append(el("p", { class: "hint" }, "No scores yet."));
+      plot.append(el("p", { class: "hint" }, data.empty));
       return;
     }
     // Colour only cells with enough items; the others stay grey and say why.

@@ -45,13 +45,19 @@ def family(django_db_setup, django_db_blocker, models_root, smollm2_tokenizer_di
                                  conditions=["neutral", "flattery"], profile="quick")  # fmt: skip
             run_evaluation(audit.runs.get().pk)
             runs[checkpoint.name] = audit.runs.get()
-    cache.clear()
     yield runs
     with django_db_blocker.unblock():
         Audit.objects.filter(checkpoint__in=checkpoints).delete()
         for checkpoint in reversed(checkpoints):
             checkpoint.delete()
         Suite.objects.exclude(pk__in=suites_before).delete()
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(settings):
+    """A cache of this process only, so clearing it touches nothing else (in full mode the
+    configured cache lives in Redis beside the broker)."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 
 def test_the_report_card_reads_the_latest_scores_and_pairs_with_the_base(db, family):
@@ -409,6 +415,7 @@ def test_pages_make_the_same_number_of_queries_however_much_history(client, view
         "/compare/?a=dash-variant&b=dash-base",
         f"/charts/traits-domains.json?run={variant.pk}",
         f"/charts/conditions-domains.json?run={variant.pk}",
+        f"/charts/helpful-domains.json?run={variant.pk}",
         "/charts/checkpoints-domains.json",
         "/charts/checkpoints-families.json",
         "/charts/transfer.json",

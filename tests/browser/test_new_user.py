@@ -2,14 +2,13 @@
 
 Log in, find the checkpoint, queue an audit from the form, and watch it finish live on the
 audit page: the websocket indicator, the progress bar and the status change without a
-reload, then the heatmap is drawn. Screenshots of every step are kept under
+reload, and the run's heatmap is drawn. Screenshots of every step are kept under
 test-artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -116,7 +115,14 @@ def test_a_new_operator_queues_an_audit_and_watches_it_finish(
 
     status = page.locator("#audit-status")
     expect(status).to_have_text("succeeded", timeout=180_000)
-    expect(page.locator("#heatmap .main-svg").first).to_be_visible()
+    # The run's trait × domain heatmap (Plotly), redrawn as scores arrive: wait for the
+    # draw that has every trait.
+    heatmap = f"#chart-run-{audit.runs.get().pk} .plot"
+    expect(page.locator(f"{heatmap} .main-svg").first).to_be_visible()
+    page.wait_for_function(
+        "([selector, rows]) => document.querySelector(selector)?.data?.[0]?.y?.length === rows",
+        arg=[heatmap, len(TRAITS)],
+    )
     screenshot(page, "07-audit-succeeded")
 
     seen = page.evaluate("window.__keelSeen")
@@ -131,21 +137,22 @@ def test_a_new_operator_queues_an_audit_and_watches_it_finish(
     assert progress[-1] == 100, seen
     expect(page.locator("#runs .count")).to_contain_text("(100%)")
 
-    # The heatmap holds a value in every domain × trait cell (the starter suite has one item
-    # in each).
-    z = page.evaluate("document.getElementById('heatmap').data[0].z")
-    assert len(z) == len(TRAITS)
-    assert all(len(row) == len(DOMAINS) for row in z)
-    assert all(value is not None for row in z for value in row)
+    trace = page.locator(heatmap).evaluate(
+        "plot => { const t = plot.data[0]; return {type: t.type, x: t.x, y: t.y, z: t.z}; }"
+    )
+    assert trace["type"] == "heatmap"
+    assert sorted(trace["y"]) == sorted(t.replace("_", " ") for t in TRAITS)
+    assert sorted(trace["x"]) == sorted(d.replace("_", " ") for d in DOMAINS)
+    assert [len(row) for row in trace["z"]] == [len(DOMAINS)] * len(TRAITS)
 
     # The same page on a phone-sized screen, once it has finished.
     narrow = narrow_page(page)
     narrow.goto(page.url)
     expect(narrow.locator("#audit-status")).to_have_text("succeeded")
-    expect(narrow.locator("#heatmap .main-svg").first).to_be_visible()
+    expect(narrow.locator(f"{heatmap} .main-svg").first).to_be_visible()
     screenshot(narrow, "08-audit-succeeded-420px")
-    right = narrow.evaluate("document.getElementById('heatmap').getBoundingClientRect().right")
-    assert right <= 420, "the heatmap runs off a 420 px screen"
+    width = narrow.evaluate("document.documentElement.scrollWidth")
+    assert width <= 420, f"the page is {width} px wide on a 420 px screen"
 
 
 def test_the_live_indicator_reconnects_when_the_server_restarts(
@@ -167,7 +174,6 @@ def test_the_live_indicator_reconnects_when_the_server_restarts(
         expect(page.locator("#audit-status")).to_have_text("queued")
         screenshot(page, "01-live")
 
-        started = time.monotonic()
         keel_server.stop()
         expect(live).to_have_text("reconnecting…")
         expect(live).to_have_class(re.compile(r"\boff\b"))
@@ -177,17 +183,16 @@ def test_the_live_indicator_reconnects_when_the_server_restarts(
         screenshot(page, "02-reconnecting")
 
         keel_server.start()
-        expect(live).to_have_text("live", timeout=30_000)
+        # The page retries with a growing pause, at most 15 s, so it is back within that.
+        expect(live).to_have_text("live", timeout=20_000)
         expect(bar).to_have_attribute("aria-valuenow", "20")
         expect(page.locator("#audit-status")).to_have_text("running")
         # And the new connection carries the updates that follow.
         off_the_loop(report, run, done=45)
         expect(bar).to_have_attribute("aria-valuenow", "75")
-        elapsed = time.monotonic() - started
         screenshot(page, "03-live-again")
 
         seen = page.evaluate("window.__keelSeen")
         assert seen["live"] == ["connecting…", "live", "reconnecting…", "live"], seen
-        assert elapsed < 30, f"reconnecting took {elapsed:.1f} s"
     finally:
         celery_app.control.purge()  # the audit's queued task: no worker will take it
