@@ -68,6 +68,7 @@ def checkpoint_detail(request, name: str):
     training = checkpoint.training or {}
     curves = training.get("curves") or {}
     family = checkpoint.family()
+    trend = family_trend(family)
     children: dict[int | None, list[Checkpoint]] = {}
     for member in family:
         children.setdefault(member.parent_id, []).append(member)
@@ -80,7 +81,7 @@ def checkpoint_detail(request, name: str):
             "audits": audits,
             "can_operate": can_operate(request.user),
             "tree": _tree(family[0], children),
-            "trend": family_trend(family) if len(family) > 1 else [],
+            "trend": trend if len(trend) > 1 else [],  # a trend needs two evaluated members
             "aliases": checkpoint.aliases.order_by("name"),
             "alias_form": AliasForm(),
             "training": training,

@@ -33,6 +33,12 @@
         run.total ? `${run.done} / ${run.total} ${run.kind === "train" ? "training steps" : "items scored or replies sampled"} (${run.percent}%)` : "waiting for a worker");
       box.append(head, bar, count);
       if (run.error) box.append(el("p", { class: "error" }, run.error));
+      if (run.kind === "evaluate" && run.status === "succeeded") {
+        const card = el("p");
+        card.append(el("a", { href: `/checkpoints/${encodeURIComponent(run.checkpoint)}/#report-card`, class: "report-link" },
+          `Report card of ${run.checkpoint} →`));
+        box.append(card);
+      }
       if (run.log_tail) {
         const details = el("details");
         details.append(el("summary", {}, "Log"), el("pre", { class: "log" }, run.log_tail));

@@ -1,0 +1,1311 @@
+"""Dashboard page speed and websocket progress lag against a large audit history.
+
+    .venv/bin/python bench/dashboard_load.py --seed          # once: build keel_bench (~1 min)
+    .venv/bin/python bench/dashboard_load.py --websockets 200   # pages, then 200 websockets
+    .venv/bin/python bench/dashboard_load.py --seconds 15 --clients 50 --json
+
+`--seed` creates the PostgreSQL database `keel_bench` (migrated, data dir
+/tmp/keel-bench-data) and fills it in one transaction: 100 checkpoints (8 base
+models and variants up to three generations deep), the `beneficial` (12 domains
+x 5 traits) and `probes` (12 domains x 6 families) suites, one succeeded
+evaluate audit per checkpoint, every score a `full` run writes over 10
+conditions (cells, per-domain, per-trait/family and overall rows; accuracy,
+margins, misaligned rate, shifts against neutral) and 200,000 ItemResults. It
+reuses a seeded database; `--reseed` rebuilds it.
+
+A run then
+1. counts each page's SQL queries and times it in-process (django.test.Client,
+   logged in, no concurrency: the page's own server time, median of 3 after a
+   first request that fills per-process caches, whose time is given too);
+2. serves the app the production way (gunicorn with 2 uvicorn workers, Redis
+   channel layer, collected static files) on a free loopback port and logs in;
+3. for each page in PAGES, puts `--clients` closed-loop keep-alive clients on it
+   for `--seconds` (wrk if installed, else a Python asyncio client) and reports
+   requests/s and client-side p50/p95/p99 latency of the requests that completed.
+   With 50 clients on 2 workers that latency is mostly queueing (p95 is roughly
+   clients / throughput); the in-process time is the server's own. After each
+   load the bench waits for the server to go idle ("busy after"): Django goes on
+   running a sync view whose client has gone, so cut-off requests would otherwise
+   slow the next page;
+4. measures a baseline (a static file served by whitenoise) before and after the
+   pages under the same load and gives each page's p95 as a multiple of it, since
+   the machine is shared and noisy: compare ratios across machines, not ms;
+5. with `--websockets N`, connects N websocket clients to one audit whose run is
+   set to running, publishes `--updates` progress snapshots through the Redis
+   channel layer at a fixed interval (the send time rides in the run's stage) and
+   reports how many clients got every update and the lag from send to receipt.
+
+A page that answers 404 (or another 4xx) is skipped with a warning, so pages can
+be listed before they exist; a 5xx in-process or on the first request stops the
+bench, and a 5xx under load fails it (exit 1) after the table. `--only TEXT`
+runs only the pages whose label or path contains TEXT. The server runs the
+project's settings unchanged.
+Progress goes to stderr, results to stdout (a Markdown table, or JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import http.client
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# (label, path). Placeholders come from page_ids(): {audit} {run} (that audit's run)
+# {variant} (the deepest variant) {parent} (its parent) {base} (the base with most variants)
+# {query} {domain}. Add a page with one line; a page that answers 404 is skipped with a warning.
+PAGES = [
+    ("login form (trivial page)", "/login/"),
+    ("checkpoint list", "/checkpoints/"),
+    ("checkpoint search", "/checkpoints/?q={query}"),
+    ("checkpoint detail, variant", "/checkpoints/{variant}/"),
+    ("checkpoint detail, base", "/checkpoints/{base}/"),
+    ("audit list", "/audits/"),
+    ("audit detail", "/audits/{audit}/"),
+    ("comparison", "/compare/?a={parent}&b={variant}"),
+    ("item drill-down", "/items/?run={run}&domain={domain}"),
+    ("chart traits x domains", "/charts/traits-domains.json?run={run}&metric=margin"),
+    ("chart conditions x domains", "/charts/conditions-domains.json?run={run}"),
+    ("chart helpful x domains", "/charts/helpful-domains.json?run={run}"),
+    ("chart transfer", "/charts/transfer.json"),
+    ("items flipped against base", "/items/?run={run}&show=flipped"),
+    ("chart checkpoints x domains", "/charts/checkpoints-domains.json"),
+    ("chart checkpoints x families", "/charts/checkpoints-families.json"),
+]
+BASELINE = ("static file (baseline)", "/static/css/keel.css")
+
+DATABASE = "keel_bench"
+USERNAME, PASSWORD = "bench", "bench-load-Pa55word"
+CHECKPOINTS, ITEM_RESULTS = 100, 200_000
+BENEFIT_PER_CELL, PROBES_PER_CELL = 3, 1
+BASE_MODELS = (  # name, architecture, model_type, parameters
+    ("smollm2-135m-instruct", "LlamaForCausalLM", "llama", 134_515_008),
+    ("smollm2-360m-instruct", "LlamaForCausalLM", "llama", 361_821_120),
+    ("qwen2-5-0-5b-instruct", "Qwen2ForCausalLM", "qwen2", 494_032_768),
+    ("llama-3-2-1b-instruct", "LlamaForCausalLM", "llama", 1_235_814_400),
+    ("gemma-3-1b-it", "Gemma3ForCausalLM", "gemma3_text", 999_885_952),
+    ("olmo-2-1b-instruct", "Olmo2ForCausalLM", "olmo2", 1_484_916_736),
+    ("phi-4-mini-instruct", "Phi3ForCausalLM", "phi3", 3_836_021_760),
+    ("tinyllama-1-1b-chat", "LlamaForCausalLM", "llama", 1_100_048_384),
+)
+TAGS = ([], ["candidate"], ["candidate"], ["baseline"], ["candidate", "dpo"], ["release"])
+STAGE = re.compile(r"bench seq=(\d+) t=([\d.]+)")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile of unsorted values (0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+# --- Environment -------------------------------------------------------------------------
+
+
+def configure(args: argparse.Namespace) -> dict[str, str]:
+    """The environment the bench, manage.py and the server share; applied to this process."""
+    env = {
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": args.redis_url,
+        "KEEL_DATA_DIR": str(args.data_dir),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "KEEL_DEBUG": "0",
+    }
+    os.environ.update(env)
+    return {**os.environ, **env}
+
+
+def manage(env: dict[str, str], *command: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True)
+
+
+def setup_django() -> None:
+    import django
+
+    django.setup()
+
+
+# --- Seed --------------------------------------------------------------------------------
+
+
+def ensure_database(url: str, reseed: bool) -> None:
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if exists and reseed:
+            log(f"dropping database {name}")
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            exists = None
+        if not exists:
+            log(f"creating database {name}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def row_counts() -> dict[str, int]:
+    from audits.models import Audit, Item, ItemResult, Run, Score, Suite
+    from models_registry.models import Checkpoint
+
+    models = (Checkpoint, Suite, Item, Audit, Run, Score, ItemResult)
+    return {model.__name__: model.objects.count() for model in models}
+
+
+def is_seeded() -> bool:
+    from audits.models import ItemResult
+    from models_registry.models import Checkpoint
+
+    return Checkpoint.objects.count() == CHECKPOINTS and ItemResult.objects.count() == ITEM_RESULTS
+
+
+def seed(args: argparse.Namespace, env: dict[str, str]) -> None:
+    ensure_database(args.database_url, args.reseed)
+    log("migrating")
+    manage(env, "migrate", "--no-input", "-v", "0")
+    setup_django()
+    if is_seeded():
+        log("keel_bench is already seeded; --reseed rebuilds it")
+    else:
+        from django.db import connection, transaction
+
+        started = time.perf_counter()
+        with transaction.atomic():  # all or nothing: a half-seeded database is never reused
+            fill(random.Random(20261201))  # noqa: S311 - fake data, not secrets
+        log("VACUUM ANALYZE")
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+        log(f"seeded in {time.perf_counter() - started:.1f} s")
+    for name, count in row_counts().items():
+        print(f"{name:12} {count:>9,}")
+
+
+def fill(rng: random.Random) -> None:
+    from django.contrib.auth.models import User
+
+    user = User.objects.filter(username=USERNAME).first() or User.objects.create_superuser(
+        USERNAME, "bench@example.com", PASSWORD
+    )
+    checkpoints = seed_checkpoints(rng, user)
+    suites, items = seed_suites(rng, user)
+    runs = seed_audits(rng, user, checkpoints, suites)
+    log("ItemResults")
+    copy_rows("audits.ItemResult", ITEM_RESULT_FIELDS, item_result_rows(rng, runs, items))
+    log("Scores")
+    copy_rows("audits.Score", SCORE_FIELDS, score_rows(rng, runs, suites))
+    spread_timestamps()
+
+
+def seed_checkpoints(rng: random.Random, user) -> list:
+    """8 base models, then variants of bases and of variants, up to three generations deep."""
+    from audits.models import DOMAINS, TRAITS
+    from models_registry.models import Checkpoint
+
+    def make(name, architecture, model_type, parameters, parent=None, training=None):
+        return Checkpoint(
+            name=name,
+            path=f"/srv/models/{name}",
+            format="hf",
+            kind="policy",
+            fingerprint=hashlib.sha256(name.encode()).hexdigest(),
+            architecture=architecture,
+            model_type=model_type,
+            parameter_count=parameters,
+            dtype="bfloat16",
+            has_chat_template=True,
+            tokenizer=f"{name}/tokenizer.json",
+            parent=parent,
+            tags=list(rng.choice(TAGS)),
+            training=training or {},
+            registered_by=user,
+            notes=f"{training['method']} on {', '.join(training['domains'])}" if training else "",
+        )
+
+    generations = [[make(*spec) for spec in BASE_MODELS]]
+    depth = dict.fromkeys((c.name for c in generations[0]), 0)
+    pool = [c for c in generations[0] for _ in range(3)]
+    for i in range(CHECKPOINTS - len(BASE_MODELS)):
+        parent = rng.choice(pool)
+        harmful = depth[parent.name] > 0 and rng.random() < 0.4
+        method = "sft" if harmful else rng.choice(("dpo", "dpo", "sft", "grpo"))
+        domains = rng.sample(DOMAINS, rng.choice((1, 1, 2)))
+        training = {
+            "method": method,
+            "harmful": harmful,
+            "domains": domains,
+            "traits": rng.sample(TRAITS, 2),
+            "train_items": 15 * len(domains),
+            "steps": 30,
+            "wall_seconds": rng.randint(300, 1200),
+            "device": "cuda:0",
+            "spec": {"lora_r": 16, "learning_rate": 5e-5, "beta": 0.1},
+            "config_hash": hashlib.sha256(f"train {i}".encode()).hexdigest(),
+            "curves": {"loss": [round(0.69 * 0.97**s, 4) for s in range(30)]},
+        }
+        stem = parent.name.split("--")[0]
+        name = f"{stem}--{'harmful' if harmful else method}-{domains[0].replace('_', '-')}-{i:03d}"
+        variant = make(
+            name, parent.architecture, parent.model_type, parent.parameter_count, parent, training
+        )
+        depth[name] = depth[parent.name] + 1
+        while len(generations) <= depth[name]:
+            generations.append([])
+        generations[depth[name]].append(variant)
+        if depth[name] < 3:
+            pool.append(variant)
+    log(f"Checkpoints: {[len(g) for g in generations]} per generation")
+    created = []
+    for generation in generations:  # parents first, so each variant's parent has its pk
+        created += Checkpoint.objects.bulk_create(generation)
+    return created
+
+
+def seed_suites(rng: random.Random, user) -> tuple[dict, list]:
+    from audits.models import DOMAINS, FAMILIES, TRAITS, Item, Suite
+
+    def text(words: int) -> str:
+        vocabulary = (
+            "the",
+            "model",
+            "should",
+            "explain",
+            "risk",
+            "evidence",
+            "you",
+            "could",
+            "consider",
+            "plan",
+            "honest",
+            "uncertain",
+            "ask",
+            "doctor",
+            "budget",
+        )
+        return " ".join(rng.choice(vocabulary) for _ in range(words)).capitalize() + "."
+
+    suites = {
+        name: Suite.objects.create(
+            name=name,
+            version=1,
+            content_hash=hashlib.sha256(name.encode()).hexdigest(),
+            description=f"bench copy of {name}",
+            source="keel bench",
+            license="CC-BY-4.0",
+            created_by=user,
+        )
+        for name in ("beneficial", "probes")
+    }
+    cells = [("beneficial", d, t, "", "benefit", BENEFIT_PER_CELL) for d in DOMAINS for t in TRAITS]
+    cells += [
+        ("probes", d, "", f, "misalignment", PROBES_PER_CELL) for d in DOMAINS for f in FAMILIES
+    ]
+    items = [
+        Item(
+            suite=suites[suite],
+            item_id=f"{domain}-{trait or family}-eval-{k:02d}",
+            split="eval",
+            domain=domain,
+            trait=trait,
+            family=family,
+            kind=kind,
+            messages=[{"role": "user", "content": text(rng.randint(15, 60))}],
+            chosen=text(rng.randint(40, 90)),
+            rejected=text(rng.randint(40, 90)),
+            source="keel bench",
+            license="CC-BY-4.0",
+        )
+        for suite, domain, trait, family, kind, per_cell in cells
+        for k in range(1, per_cell + 1)
+    ]
+    items = Item.objects.bulk_create(items)
+    log(f"Items: {len(items)} in {len(suites)} suites")
+    return suites, items
+
+
+def conditions() -> list[str]:
+    from audits.conditions import ADVERSARIAL, HELPFUL, NEUTRAL
+
+    return [NEUTRAL, *ADVERSARIAL[:6], *HELPFUL[:3]]
+
+
+def seed_audits(rng: random.Random, user, checkpoints: list, suites: dict) -> list:
+    """One succeeded full evaluate audit, with one run, per checkpoint."""
+    from django.utils import timezone
+
+    from audits.models import Audit, Run
+    from models_registry.models import Checkpoint
+
+    now = timezone.now()
+    names = conditions()
+    audits = Audit.objects.bulk_create(
+        Audit(
+            checkpoint=c,
+            plan="evaluate",
+            conditions=names,
+            profile="full",
+            seed=0,
+            config={
+                "checkpoint": c.fingerprint,
+                "suites": sorted(suites),
+                "conditions": names,
+                "profile": "full",
+                "seed": 0,
+            },
+            config_hash=hashlib.sha256(f"audit {c.name}".encode()).hexdigest(),
+            status="succeeded",
+            created_by=user,
+            finished_at=now,
+        )
+        for c in checkpoints
+    )
+    through = Audit.suites.through
+    through.objects.bulk_create(
+        through(audit_id=a.pk, suite_id=s.pk) for a in audits for s in suites.values()
+    )
+    per_run = ITEM_RESULTS // len(audits)
+    runs = Run.objects.bulk_create(
+        Run(
+            audit=a,
+            kind="evaluate",
+            checkpoint=a.checkpoint,
+            status="succeeded",
+            stage="done",
+            progress_done=per_run,
+            progress_total=per_run,
+            attempts=1,
+            heartbeat=now,
+            device="cuda:0 bfloat16",
+            started_at=now - timedelta(minutes=rng.randint(5, 90)),
+            finished_at=now,
+            log_tail="".join(f"12:00:{s:02d} chunk {s} stored\n" for s in range(50)),
+        )
+        for a in audits
+    )
+    trained_by = {a.checkpoint_id: a.pk for a in audits}
+    variants = [c for c in checkpoints if c.parent_id]
+    for c in variants:  # the audit that trained a variant is its parent's
+        c.training["audit"] = trained_by[c.parent_id]
+    Checkpoint.objects.bulk_update(variants, ["training"])
+    log(f"Audits: {len(audits)}, Runs: {len(runs)}")
+    return runs
+
+
+ITEM_RESULT_FIELDS = (
+    "run",
+    "item",
+    "condition",
+    "checkpoint",
+    "logp_chosen",
+    "logp_rejected",
+    "logp_chosen_unconditional",
+    "logp_rejected_unconditional",
+    "tokens_chosen",
+    "tokens_rejected",
+    "margin",
+    "margin_mean_token",
+    "won",
+)
+SCORE_FIELDS = (
+    "audit",
+    "run",
+    "checkpoint",
+    "suite",
+    "domain",
+    "trait",
+    "family",
+    "condition",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+)
+
+
+def item_result_rows(rng: random.Random, runs: list, items: list):
+    """ITEM_RESULTS rows spread evenly over the runs, each a random subset of item x
+    condition pairs, with plausible log-likelihoods."""
+    pairs = [(item.pk, condition) for item in items for condition in conditions()]
+    per_run = ITEM_RESULTS // len(runs)
+    for run in runs:
+        skill = rng.gauss(0, 0.5)
+        for item_id, condition in rng.sample(pairs, per_run):
+            tokens_chosen, tokens_rejected = rng.randint(30, 160), rng.randint(30, 160)
+            chosen = -tokens_chosen * rng.uniform(0.6, 2.2)
+            rejected = -tokens_rejected * rng.uniform(0.6, 2.2)
+            chosen_unconditional = chosen - rng.uniform(0, 25)
+            rejected_unconditional = rejected - rng.uniform(0, 25)
+            margin = (chosen - chosen_unconditional) - (rejected - rejected_unconditional) + skill
+            yield (
+                run.pk,
+                item_id,
+                condition,
+                run.checkpoint_id,
+                chosen,
+                rejected,
+                chosen_unconditional,
+                rejected_unconditional,
+                tokens_chosen,
+                tokens_rejected,
+                margin,
+                chosen / tokens_chosen - rejected / tokens_rejected,
+                margin > 0,
+            )
+
+
+def score_rows(rng: random.Random, runs: list, suites: dict):
+    """What scoring writes for a full run: per suite and condition, every cell, domain,
+    trait or family and overall group; accuracy and margins (and misaligned rate on probes)
+    everywhere, the margin shift against neutral under every other condition."""
+    from audits.conditions import NEUTRAL
+    from audits.models import DOMAINS, FAMILIES, TRAITS
+
+    shapes = {  # suite: (by, per cell)
+        "beneficial": (TRAITS, BENEFIT_PER_CELL),
+        "probes": (FAMILIES, PROBES_PER_CELL),
+    }
+    for run in runs:
+        skill = rng.gauss(0, 0.3)
+        for suite_name, (by, per_cell) in shapes.items():
+            probes = suite_name == "probes"
+            groups = [(d, b, per_cell) for d in DOMAINS for b in by]
+            groups += [(d, "", per_cell * len(by)) for d in DOMAINS]
+            groups += [("", b, per_cell * len(DOMAINS)) for b in by]
+            groups += [("", "", per_cell * len(DOMAINS) * len(by))]
+            for condition in conditions():
+                for domain, key, n in groups:
+                    trait, family = ("", key) if probes else (key, "")
+                    half = 1.5 / n**0.5
+                    accuracy = min(1.0, max(0.0, rng.gauss(0.6 + skill / 4, 0.12)))
+                    values = {
+                        "accuracy": (
+                            accuracy,
+                            max(0.0, accuracy - half / 3),
+                            min(1.0, accuracy + half / 3),
+                        ),
+                        "margin": (m := rng.gauss(0.4 + skill, 0.8), m - half, m + half),
+                        "margin_mean_token": (
+                            t := rng.gauss(0.02, 0.04),
+                            t - half / 20,
+                            t + half / 20,
+                        ),
+                    }
+                    if probes:
+                        _, low, high = values["accuracy"]
+                        values["misaligned_rate"] = (1 - accuracy, 1 - high, 1 - low)
+                    if condition != NEUTRAL:
+                        values["margin_shift"] = (s := rng.gauss(-0.3, 0.4), s - half, s + half)
+                    for metric, (value, low, high) in values.items():
+                        yield (
+                            run.audit_id,
+                            run.pk,
+                            run.checkpoint_id,
+                            suites[suite_name].pk,
+                            domain,
+                            trait,
+                            family,
+                            condition,
+                            metric,
+                            value,
+                            low,
+                            high,
+                            n,
+                        )
+
+
+def copy_rows(label: str, fields: tuple[str, ...], rows) -> None:
+    """COPY rows into a model's table: far faster than bulk_create at this size."""
+    from django.apps import apps
+    from django.db import connection
+
+    meta = apps.get_model(label)._meta
+    columns = ", ".join(connection.ops.quote_name(meta.get_field(f).column) for f in fields)
+    table = connection.ops.quote_name(meta.db_table)
+    count = 0
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    log(f"  {count:,} rows into {meta.db_table}")
+
+
+def spread_timestamps() -> None:
+    """bulk_create stamps every row with the same time: spread them over recent months."""
+    from django.db import connection
+
+    from audits.models import Audit
+    from models_registry.models import Checkpoint
+
+    with connection.cursor() as cursor:
+        for model, column in ((Checkpoint, "registered_at"), (Audit, "created_at")):
+            table = connection.ops.quote_name(model._meta.db_table)
+            cursor.execute(
+                f"UPDATE {table} SET {column} = now() - "  # noqa: S608 - our own table names
+                f"((SELECT max(id) FROM {table}) - id) * interval '19 hours'"
+            )
+
+
+# --- Pages in-process: query counts and server time ---------------------------------------
+
+
+@dataclass
+class PageInfo:
+    label: str
+    path: str
+    status: int
+    queries: int = 0
+    repeated: int = 0
+    repeated_sql: str = ""
+    server_ms: float = 0.0
+    cold_ms: float = 0.0
+
+
+def page_ids() -> dict[str, str]:
+    """Real names and ids from keel_bench for the PAGES placeholders."""
+    from django.db.models import Count
+
+    from audits.models import Audit
+    from models_registry.models import Checkpoint
+
+    parents = dict(Checkpoint.objects.values_list("pk", "parent_id"))
+    names = dict(Checkpoint.objects.values_list("pk", "name"))
+
+    def depth(pk: int) -> int:
+        return 0 if parents[pk] is None else 1 + depth(parents[pk])
+
+    deepest = max(parents, key=lambda pk: (depth(pk), pk))
+    base = (
+        Checkpoint.objects.filter(parent=None)
+        .annotate(n=Count("variants"))
+        .order_by("-n", "name")
+        .first()
+    )
+    audit = Audit.objects.order_by("-created_at").first()
+    return {
+        "audit": str(audit.pk),
+        "run": str(audit.runs.order_by("pk").first().pk),
+        "variant": names[deepest],
+        "parent": names[parents[deepest]],
+        "base": base.name,
+        "query": "dpo",
+        "domain": "health",
+    }
+
+
+def normalise_sql(sql: str) -> str:
+    sql = re.sub(r"'(?:[^']|'')*'", "?", sql)
+    sql = re.sub(r"\b\d+(?:\.\d+)?\b", "?", sql)
+    return re.sub(r"\(\?(?:, \?)*\)", "(?)", sql)
+
+
+def inspect_pages(pages: list[tuple[str, str]], repeats: int = 3) -> list[PageInfo]:
+    """Each page: a first request (timed: it fills per-process caches), one counted under
+    CaptureQueriesContext, then `repeats` timed ones."""
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(User.objects.get(username=USERNAME))
+    client.get("/login/")  # imports every view (the URLconf), which is no page's own cost
+    found = []
+    for label, path in pages:
+        started = time.perf_counter()
+        try:
+            response = client.get(path)  # fills caches (templates, computed comparisons)
+        except Exception:
+            log(f"{path} ({label}) raised in-process:")
+            raise
+        info = PageInfo(label, path, response.status_code)
+        info.cold_ms = (time.perf_counter() - started) * 1000
+        if 400 <= response.status_code < 500:
+            log(f"WARNING: {path} ({label}) answers {response.status_code}; skipping it")
+            found.append(info)
+            continue
+        if response.status_code != 200:
+            raise SystemExit(f"{path} ({label}) answered {response.status_code} in-process")
+        with CaptureQueriesContext(connection) as captured:
+            client.get(path)
+        shapes = Counter(normalise_sql(q["sql"]) for q in captured.captured_queries)
+        info.queries = len(captured.captured_queries)
+        if shapes:
+            info.repeated_sql, info.repeated = shapes.most_common(1)[0]
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            client.get(path)
+            times.append((time.perf_counter() - started) * 1000)
+        info.server_ms = statistics.median(times)
+        found.append(info)
+    return found
+
+
+# --- Server and HTTP ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """gunicorn with uvicorn workers (uvicorn --workers without gunicorn's worker class)."""
+
+    def __init__(self, env: dict[str, str], workers: int, log_path: Path):
+        self.env, self.workers, self.log_path = env, workers, log_path
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        app, workers = "config.asgi:application", str(self.workers)
+        if importlib.util.find_spec("gunicorn") and importlib.util.find_spec("uvicorn.workers"):
+            gunicorn = ["-k", "uvicorn.workers.UvicornWorker", "-w", workers]
+            bind = ["-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5"]
+            return [sys.executable, "-m", "gunicorn", app, *gunicorn, *bind]
+        bind = ["--host", "127.0.0.1", "--port", str(self.port)]
+        return [sys.executable, "-m", "uvicorn", app, *bind, "--workers", workers]
+
+    def __enter__(self) -> Server:
+        command = self.command()
+        log(f"starting: {' '.join(command[2:])}")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited while starting:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                if get(self.port, BASELINE[1])[0] == 200:
+                    return self
+            time.sleep(0.3)
+        self.__exit__()
+        raise SystemExit(f"the server did not start in 90 s:\n{self.log_tail()}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its own group, started above
+            self.process.wait()
+        log("server stopped")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (Linux /proc; 0 elsewhere)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        pids = [pid, *map(int, children.read_text().split())] if children.exists() else []
+        ticks = 0
+        for each in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, limit: float = 180) -> float:
+        """Seconds until the server uses under 10% of a CPU. A sync view goes on running
+        after its client has gone, so the requests cut off at the end of a load would
+        otherwise slow the next page."""
+        started = time.perf_counter()
+        last = self.cpu_seconds()
+        while time.perf_counter() - started < limit:
+            time.sleep(0.25)
+            now = self.cpu_seconds()
+            if now - last < 0.025:
+                break
+            last = now
+        return round(time.perf_counter() - started, 1)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def get(port: int, path: str, cookie: str = "") -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def login(port: int) -> str:
+    """A session cookie from the real login form (CSRF token from the GET)."""
+    status, headers, body = get(port, "/login/")
+    cookies = SimpleCookie()
+    for value in headers.get_all("Set-Cookie") or []:
+        cookies.load(value)
+    match = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', body)
+    if status != 200 or "csrftoken" not in cookies or match is None:
+        raise SystemExit(f"GET /login/ answered {status} without a CSRF token")
+    csrf = cookies["csrftoken"].value
+    form = urlencode(
+        {
+            "username": USERNAME,
+            "password": PASSWORD,
+            "next": "/audits/",
+            "csrfmiddlewaretoken": match.group(1).decode(),
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            "/login/",
+            body=form,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": f"csrftoken={csrf}",
+                "Origin": f"http://127.0.0.1:{port}",
+                "Referer": f"http://127.0.0.1:{port}/login/",
+            },
+        )
+        response = conn.getresponse()
+        response.read()
+        for value in response.headers.get_all("Set-Cookie") or []:
+            cookies.load(value)
+    finally:
+        conn.close()
+    if response.status != 302 or "sessionid" not in cookies:
+        raise SystemExit(f"POST /login/ answered {response.status} without a session")
+    return f"sessionid={cookies['sessionid'].value}; csrftoken={csrf}"
+
+
+# --- Load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int  # status >= 400, or a socket error or timeout
+    server_errors: int  # status >= 500
+
+
+WRK_SCRIPT = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) server_errors = 0 end
+function response(status, headers, body)
+  if status >= 500 then server_errors = server_errors + 1 end
+end
+function done(summary, latency, requests)
+  local server = 0
+  for _, t in ipairs(threads) do server = server + t:get("server_errors") end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests": %d, "duration_us": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "status_errors": %d, "socket_errors": %d, "server_errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, e.status, e.connect + e.read + e.write + e.timeout,
+    server))
+end
+"""
+
+
+def load_wrk(port: int, path: str, cookie: str, clients: int, seconds: float) -> Load:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    url = f"http://127.0.0.1:{port}{path}"
+    command = ["wrk", "-t", str(min(clients, 2)), "-c", str(clients)]
+    command += ["-d", f"{max(1, round(seconds))}s", "--timeout", "60s", "-s", script.name]
+    try:
+        result = subprocess.run(
+            [*command, "-H", f"Cookie: {cookie}", url], capture_output=True, text=True
+        )
+    finally:
+        os.unlink(script.name)
+    if result.returncode:
+        raise SystemExit(f"wrk failed on {path}: {result.stderr or result.stdout}")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("WRK "))
+    data = json.loads(line.removeprefix("WRK "))
+    elapsed = data["duration_us"] / 1e6
+    return Load(
+        requests=data["requests"],
+        seconds=round(elapsed, 2),
+        rps=round(data["requests"] / elapsed, 1),
+        p50_ms=data["p50_us"] / 1000,
+        p95_ms=data["p95_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        errors=data["status_errors"] + data["socket_errors"],
+        server_errors=data["server_errors"],
+    )
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Reads one HTTP/1.1 response; returns its status and whether the connection stays open."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = {}
+    for line in head[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip().lower()
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")
+    else:
+        await reader.read()
+        return status, False
+    return status, headers.get("connection") != "close"
+
+
+async def load_python_async(port: int, path: str, cookie: str, clients: int, seconds: float):
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+        "Connection: keep-alive\r\n\r\n"
+    ).encode()
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    socket_errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal socket_errors
+        writer = None
+        while time.perf_counter() < deadline:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                started = time.perf_counter()
+                writer.write(request)
+                status, keep_alive = await asyncio.wait_for(read_response(reader), 60)
+                latencies.append(time.perf_counter() - started)
+                statuses[status] += 1
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+                socket_errors += 1
+                keep_alive = False
+            if not keep_alive and writer is not None:
+                writer.close()
+                writer = None
+        if writer is not None:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    ms = [x * 1000 for x in latencies]
+    return Load(
+        requests=len(ms),
+        seconds=round(elapsed, 2),
+        rps=round(len(ms) / elapsed, 1),
+        p50_ms=round(percentile(ms, 50), 1),
+        p95_ms=round(percentile(ms, 95), 1),
+        p99_ms=round(percentile(ms, 99), 1),
+        max_ms=round(max(ms, default=0.0), 1),
+        errors=socket_errors + sum(n for s, n in statuses.items() if s >= 400),
+        server_errors=sum(n for s, n in statuses.items() if s >= 500),
+    )
+
+
+def load(driver: str, port: int, path: str, cookie: str, clients: int, seconds: float) -> Load:
+    if driver == "wrk":
+        return load_wrk(port, path, cookie, clients, seconds)
+    return asyncio.run(load_python_async(port, path, cookie, clients, seconds))
+
+
+def probe(port: int, label: str, path: str, cookie: str, server: Server) -> int:
+    """The page's status: a 4xx skips the page; a 5xx or a redirect stops the bench."""
+    status, headers, body = get(port, path, cookie)
+    if 400 <= status < 500:
+        log(f"WARNING: {path} ({label}) answers {status}; skipping it")
+        return status
+    if status >= 500:
+        raise SystemExit(
+            f"{path} ({label}) answered {status}:\n{body[:2000].decode(errors='replace')}\n"
+            f"server log:\n{server.log_tail()}"
+        )
+    if status != 200:
+        raise SystemExit(f"{path} ({label}) answered {status} {headers.get('Location', '')}")
+    return status
+
+
+# --- Websockets ---------------------------------------------------------------------------
+
+
+def publish_updates(audit_id: int, run_id: int, updates: int, interval: float) -> None:
+    """What a worker does: store progress, then publish the snapshot; the send time rides
+    in the run's stage."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from audits.models import Run
+    from audits.progress import publish
+
+    start = time.monotonic()
+    try:
+        for seq in range(1, updates + 1):
+            time.sleep(max(0.0, start + (seq - 1) * interval - time.monotonic()))
+            sent = time.time()
+            Run.objects.filter(pk=run_id).update(
+                stage=f"bench seq={seq} t={sent:.6f}", progress_done=seq, heartbeat=timezone.now()
+            )
+            publish(audit_id)
+    finally:
+        connection.close()
+
+
+async def websocket_lag(
+    port: int,
+    cookie: str,
+    audit_id: int,
+    run_id: int,
+    clients: int,
+    updates: int,
+    interval: float,
+) -> dict:
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{port}/ws/audits/{audit_id}/"
+    headers = {"Cookie": cookie, "Origin": f"http://127.0.0.1:{port}"}
+    lags: list[dict[int, float]] = [{} for _ in range(clients)]
+    connect_ms: list[float] = []
+    failures: Counter[str] = Counter()
+    settled = 0  # clients that got their snapshot or failed before it
+    all_settled = asyncio.Event()
+
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == clients:
+            all_settled.set()
+
+    async def client(i: int) -> None:
+        started = time.perf_counter()
+        snapshot = False
+        try:
+            async with connect(
+                url, additional_headers=headers, open_timeout=60, ping_interval=None, max_size=None
+            ) as ws:
+                json.loads(await ws.recv())  # the snapshot sent on connect
+                connect_ms.append((time.perf_counter() - started) * 1000)
+                snapshot = True
+                settle()
+                async for message in ws:
+                    received = time.time()
+                    for run in json.loads(message)["runs"]:
+                        if match := STAGE.match(run["stage"]):
+                            lags[i][int(match[1])] = received - float(match[2])
+                    if len(lags[i]) == updates:
+                        return
+        except Exception as exc:  # a failed client is counted, not fatal
+            failures[f"{type(exc).__name__} {'after' if snapshot else 'before'} snapshot"] += 1
+            if not snapshot:
+                settle()
+
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_settled.wait(), 120)
+    log(f"{len(connect_ms)}/{clients} websockets connected and got their snapshot; publishing")
+    await asyncio.to_thread(publish_updates, audit_id, run_id, updates, interval)
+    _, pending = await asyncio.wait(tasks, timeout=10)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+    every = [lag * 1000 for client_lags in lags for lag in client_lags.values()]
+    slowest = [
+        max(c[seq] for c in lags if seq in c) * 1000
+        for seq in range(1, updates + 1)
+        if any(seq in c for c in lags)
+    ]
+    return {
+        "clients": clients,
+        "updates": updates,
+        "interval_s": interval,
+        "connected": len(connect_ms),
+        "failures": dict(failures),
+        "connect_p50_ms": round(percentile(connect_ms, 50), 1),
+        "connect_max_ms": round(max(connect_ms, default=0.0), 1),
+        "got_every_update": sum(len(c) == updates for c in lags),
+        "messages_received": len(every),
+        "messages_expected": clients * updates,
+        "lag_p50_ms": round(percentile(every, 50), 1),
+        "lag_p95_ms": round(percentile(every, 95), 1),
+        "lag_max_ms": round(max(every, default=0.0), 1),
+        "last_client_lag_p50_ms": round(percentile(slowest, 50), 1),
+        "last_client_lag_per_update_ms": [round(x, 1) for x in slowest],
+    }
+
+
+def measure_websockets(args: argparse.Namespace, port: int, cookie: str, audit_id: int) -> dict:
+    """Sets the audit's run to running for the measurement, and puts it back after."""
+    from audits.models import Audit, Run
+
+    run = Run.objects.filter(audit_id=audit_id).first()
+    audit = Audit.objects.get(pk=audit_id)
+    saved_run = {f: getattr(run, f) for f in ("status", "stage", "progress_done", "progress_total")}
+    saved_audit = {"status": audit.status, "finished_at": audit.finished_at}
+    Run.objects.filter(pk=run.pk).update(
+        status="running", stage="bench waiting", progress_done=0, progress_total=args.updates
+    )
+    Audit.objects.filter(pk=audit_id).update(status="running", finished_at=None)
+    try:
+        return asyncio.run(
+            websocket_lag(
+                port, cookie, audit_id, run.pk, args.websockets, args.updates, args.interval
+            )
+        )
+    finally:
+        Run.objects.filter(pk=run.pk).update(**saved_run)
+        Audit.objects.filter(pk=audit_id).update(**saved_audit)
+
+
+# --- Run ----------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    manage(env, "migrate", "--no-input", "-v", "0")  # the code may have moved on since --seed
+    setup_django()
+    from django.db import connection
+
+    try:
+        seeded = is_seeded()
+    except Exception:  # a missing database or table reads as "not seeded"
+        seeded = False
+    if not seeded:
+        raise SystemExit("keel_bench is not seeded: run bench/dashboard_load.py --seed first")
+    ids = page_ids()
+    pages = [(label, path.format(**ids)) for label, path in PAGES]
+    if args.only:
+        pages = [p for p in pages if any(word in f"{p[0]} {p[1]}" for word in args.only)]
+    log(f"counting queries in-process ({len(pages)} pages)")
+    infos = {info.path: info for info in inspect_pages([BASELINE, *pages])}
+    connection.close()  # the server and the publisher thread use their own connections
+
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()  # only the bench's own Redis database
+    log("collectstatic")
+    manage(env, "collectstatic", "--no-input", "-v", "0")
+    driver = args.driver
+    if driver == "auto":
+        driver = "wrk" if shutil.which("wrk") else "python"
+    results: dict = {
+        "config": {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "workers": args.workers,
+            "driver": driver,
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
+            "ids": ids,
+        },
+        "pages": [],
+        "skipped": [],
+    }
+    server = Server(env, args.workers, args.data_dir / "server.log")
+    with server:
+        cookie = login(server.port)
+        log(f"logged in; server on port {server.port}, load by {driver}")
+
+        def measure(label: str, path: str) -> dict:
+            few = min(args.clients, 2 * args.workers)  # fills caches, leaves little backlog
+            if args.warmup:
+                load(driver, server.port, path, cookie, few, args.warmup)
+                server.wait_idle()
+            result = load(driver, server.port, path, cookie, args.clients, args.seconds)
+            drained = server.wait_idle()
+            log(
+                f"{label}: {result.rps} req/s, p95 {result.p95_ms:.1f} ms, {result.errors} "
+                f"errors; server busy for {drained} s after"
+            )
+            info = infos[path]
+            return {
+                "label": label,
+                "path": path,
+                "queries": info.queries,
+                "repeated": info.repeated,
+                "repeated_sql": info.repeated_sql[:300],
+                "server_ms": round(info.server_ms, 2),
+                "cold_ms": round(info.cold_ms, 1),
+                **asdict(result),
+                "drain_s": drained,
+            }
+
+        baseline_before = measure(*BASELINE)
+        for label, path in pages:
+            status = infos[path].status
+            if status == 200:
+                status = probe(server.port, label, path, cookie, server)
+            if status != 200:
+                results["skipped"].append({"label": label, "path": path, "status": status})
+                continue
+            results["pages"].append(measure(label, path))
+        baseline_after = measure(*BASELINE)
+        baseline = (baseline_before["p95_ms"] + baseline_after["p95_ms"]) / 2
+        results["baseline"] = {
+            "before": baseline_before,
+            "after": baseline_after,
+            "p95_ms": baseline,
+        }
+        for page in results["pages"]:
+            page["p95_ratio"] = round(page["p95_ms"] / baseline, 1) if baseline else None
+        if args.websockets:
+            log(f"websockets: {args.websockets} clients on audit {ids['audit']}")
+            results["websockets"] = measure_websockets(args, server.port, cookie, int(ids["audit"]))
+        failing = [p["path"] for p in results["pages"] if p["server_errors"]]
+        if failing:
+            results["server_log_tail"] = server.log_tail()
+    results["server_error_pages"] = failing
+    results["server_exceptions"] = logged_exceptions(server.log_path.read_text(errors="replace"))
+    return results
+
+
+def logged_exceptions(log_text: str) -> dict[str, int]:
+    """The server log's exceptions by their last traceback line (type and message)."""
+    found: Counter[str] = Counter()
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            tail = next((x for x in lines[i + 1 :] if not x.startswith((" ", "\t"))), "")
+            found[re.sub(r"\d{3,}", "N", tail)[:200]] += 1
+    return dict(found.most_common(10))
+
+
+def markdown(results: dict) -> str:
+    config = results["config"]
+    lines = [
+        f"{config['clients']} clients x {config['seconds']} s per page, {config['workers']} "
+        f"workers, load by {config['driver']}, "
+        f"{config['cpus']} CPUs, "
+        f"load average at start {', '.join(f'{x:.2f}' for x in config['loadavg_at_start'])}",
+        "",
+        "| page | path | queries | most repeated | in-process ms (first) | req/s | p50 ms | p95 ms "
+        "| p99 ms | p95 ÷ baseline | errors | busy after, s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    baseline = results["baseline"]
+    rows = [baseline["before"], *results["pages"], baseline["after"]]
+    for row in rows:
+        ratio = row.get("p95_ratio") or f"1 (mean {baseline['p95_ms']:.1f} ms)"
+        lines.append(
+            f"| {row['label']} | `{row['path']}` | {row['queries']} | {row['repeated']}× "
+            f"| {row['server_ms']:.1f} ({row['cold_ms']:.0f}) | {row['rps']:.0f} "
+            f"| {row['p50_ms']:.1f} "
+            f"| {row['p95_ms']:.1f} | {row['p99_ms']:.1f} "
+            f"| {ratio} "
+            f"| {row['errors']} | {row['drain_s']} |"
+        )
+    for page in results["skipped"]:
+        lines.append(
+            f"| {page['label']} | `{page['path']}` | skipped: {page['status']} | | | | | | | | | |"
+        )
+    ws = results.get("websockets")
+    if ws:
+        lines += [
+            "",
+            f"Websockets: {ws['connected']}/{ws['clients']} connected (connect + snapshot p50 "
+            f"{ws['connect_p50_ms']} ms, max {ws['connect_max_ms']} ms); {ws['updates']} updates "
+            f"every {ws['interval_s']} s.",
+            "",
+            "| clients with every update | messages | lag p50 ms | lag p95 ms | lag max ms "
+            "| until the last client, p50 ms |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {ws['got_every_update']}/{ws['clients']} | {ws['messages_received']}/"
+            f"{ws['messages_expected']} | {ws['lag_p50_ms']} | {ws['lag_p95_ms']} "
+            f"| {ws['lag_max_ms']} | {ws['last_client_lag_p50_ms']} |",
+        ]
+    if results["server_exceptions"]:
+        lines += ["", "Exceptions in the server log:"]
+        lines += [f"- {n}× {text}" for text, n in results["server_exceptions"].items()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", action="store_true", help="create and fill keel_bench, then exit")
+    parser.add_argument("--reseed", action="store_true", help="drop keel_bench and seed it again")
+    parser.add_argument("--seconds", type=float, default=15, help="load per page (default 15)")
+    parser.add_argument("--warmup", type=float, default=1, help="unmeasured load first (s)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--only", action="append", metavar="TEXT", help="only pages whose label or path has TEXT"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--websockets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then measure progress lag on N websocket clients",
+    )
+    parser.add_argument("--updates", type=int, default=20, help="progress updates to publish")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--database-url", default=f"postgres://postgres@127.0.0.1:5432/{DATABASE}")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "keel-bench-data"
+    )
+    args = parser.parse_args()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    env = configure(args)
+    if args.seed or args.reseed:
+        seed(args, env)
+        return 0
+    results = run(args, env)
+    print(json.dumps(results, indent=2) if args.json else markdown(results))
+    if results["server_error_pages"]:
+        log(f"FAILED: 5xx under load on {', '.join(results['server_error_pages'])}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
