@@ -145,11 +145,13 @@ def traits_by_domain(run: Run, metric: str = Metric.MARGIN) -> Chart:
         }
     else:
         suite, cells = None, _provisional_cells(run, metric)
+    rows = [t for t in TRAITS if any(k[0] == t for k in cells)]
     chart = Chart(
         name="traits-domains",
         title=f"Benefit by trait and domain: {run.checkpoint.name}",
         label=Metric(metric).label,
-        rows=list(TRAITS),
+        rows=rows,
+        empty="Cells appear as items are scored.",
         columns=list(DOMAINS),
         row_title="trait",
         column_title="domain",

@@ -14,8 +14,18 @@ from models_registry.models import Checkpoint, CheckpointKind
 
 
 class AuditForm(forms.Form):
-    field_order = ["checkpoint", "plan", "method", "traits", "train_domains", "suites",
-                   "conditions", "profile", "seed"]  # fmt: skip
+    TRAINING = ("method", "traits", "train_domains")
+    field_order = ["checkpoint", "plan", "suites", "conditions", "profile", "seed", "samples",
+                   "judge", "reward_model", *TRAINING]  # fmt: skip
+
+    @property
+    def general_fields(self):
+        return [f for f in self if f.name not in self.TRAINING]
+
+    @property
+    def training_fields(self):
+        return [f for f in self if f.name in self.TRAINING]
+
     checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.all(), to_field_name="name")
     suites = forms.ModelMultipleChoiceField(
         queryset=Suite.objects.all(), widget=forms.CheckboxSelectMultiple

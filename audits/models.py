@@ -94,7 +94,7 @@ class Plan(models.TextChoices):
 
 
 class Profile(models.TextChoices):
-    QUICK = "quick", "Quick: one item per cell, 3 conditions (minutes on a CPU)"
+    QUICK = "quick", "Quick: one item per cell (minutes on a CPU)"
     STANDARD = "standard", "Standard: every eval item, chosen conditions"
     FULL = "full", "Full: every eval item, every adversarial condition"
 

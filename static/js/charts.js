@@ -46,28 +46,34 @@ window.Keel = window.Keel || {};
       plot.append(el("p", { class: "hint" }, data.empty));
       return;
     }
-    // Colour only cells with enough items; the others stay grey and say why.
+    // Colour only cells with enough items. Cells with too few are drawn by a second,
+    // uniformly grey layer (so they keep their place, axes and hover) and carry their count.
+    const x = data.columns.map(words), y = data.rows.map(words);
+    const text = data.z.map((row, i) => row.map((_, j) => cellText(data, i, j)));
     const z = data.z.map((row, i) => row.map((v, j) => (data.few[i][j] ? null : v)));
     const values = z.flat().filter((v) => v !== null);
     const trace = {
-      type: "heatmap", x: data.columns.map(words), y: data.rows.map(words), z,
-      text: data.z.map((row, i) => row.map((_, j) => cellText(data, i, j))),
-      hoverinfo: "text", hoverongaps: true, xgap: 2, ygap: 2,
-      colorbar: { title: { text: data.unit }, thickness: 14 },
+      type: "heatmap", x, y, z, text, hoverinfo: "text", hoverongaps: false, xgap: 2, ygap: 2,
+      colorbar: { title: { text: data.unit }, thickness: 14 }, showscale: values.length > 0,
     };
     if (data.scale === "sequential") {
-      Object.assign(trace, { colorscale: SEQUENTIAL, zmin: 0, zmax: 1, reversescale: false });
+      Object.assign(trace, { colorscale: SEQUENTIAL, zmin: 0, zmax: 1 });
     } else {
       const spread = Math.max(1e-6, ...values.map((v) => Math.abs(v - data.centre)));
       Object.assign(trace, { colorscale: DIVERGING, zmid: data.centre, zmin: data.centre - spread, zmax: data.centre + spread });
     }
+    const fewLayer = {
+      type: "heatmap", x, y, text, hoverinfo: "text", hoverongaps: false, xgap: 2, ygap: 2,
+      z: data.few.map((row) => row.map((few) => (few ? 0 : null))),
+      colorscale: [[0, "#c8c8c8"], [1, "#c8c8c8"]], showscale: false,
+    };
     const annotations = [];
     data.few.forEach((row, i) => row.forEach((few, j) => {
-      if (few) annotations.push({ x: words(data.columns[j]), y: words(data.rows[i]), text: `n=${data.n[i][j]}`, showarrow: false, font: { size: 10, color: "#333" } });
+      if (few) annotations.push({ x: x[j], y: y[i], text: `n=${data.n[i][j]}`, showarrow: false, font: { size: 10, color: "#333" } });
     }));
     const height = Math.max(220, 60 + 34 * data.rows.length + 90);
-    Plotly.newPlot(plot, [trace], {
-      margin: { l: 10, r: 10, t: 10, b: 10 }, plot_bgcolor: "#d9d9d9", height, annotations,
+    Plotly.newPlot(plot, [fewLayer, trace], {
+      margin: { l: 10, r: 10, t: 10, b: 10 }, plot_bgcolor: "#efefef", height, annotations,
       xaxis: { tickangle: -35, automargin: true, title: { text: data.column_title } },
       yaxis: { automargin: true, autorange: "reversed", title: { text: data.row_title } },
       font: { family: "system-ui, sans-serif", size: 12 },
@@ -75,7 +81,7 @@ window.Keel = window.Keel || {};
     plot.on("plotly_click", (event) => {
       const point = event.points[0];
       const link = data.links[point.pointIndex[0]][point.pointIndex[1]];
-      if (link) window.location.href = `/items/?${link}`;
+      if (link) window.location.assign(`/items/?${link}`);
     });
     container.querySelector(".chart-table").replaceChildren(table(data));
   }

@@ -36,7 +36,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 DESKTOP = {"width": 1280, "height": 900}
 NARROW = {"width": 420, "height": 900}
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
-PASSWORD = "browser-test-password"  # noqa: S105 (a throwaway test account's)
+PASSWORD = "browser-test-password"  # a throwaway test account's
 
 
 @pytest.fixture(autouse=True)

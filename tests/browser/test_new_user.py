@@ -16,7 +16,10 @@ from audits.models import DOMAINS, TRAITS, Audit
 from audits.services import audit_create
 from config.celery import app as celery_app
 from gpu_tasks.progress import report
+from models_registry.services import checkpoint_register
 from tests.browser.conftest import fill_login_form, off_the_loop
+from tests.conftest import MODELS_ROOT, build_tiny_llama
+from tests.integration.test_worker import wait_until_finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -46,6 +49,14 @@ RECORDER = """
   });
 })();
 """
+
+
+def second_checkpoint(base):
+    """Another tiny model, registered as a variant of base."""
+    folder = MODELS_ROOT / "tiny-llama-seed-1"
+    if not (folder / "model.safetensors").exists():
+        build_tiny_llama(folder, MODELS_ROOT / "smollm2-tokenizer", seed=1)
+    return checkpoint_register(path=folder, name="tiny-llama-other", parent=base)
 
 
 def test_a_new_operator_queues_an_audit_and_watches_it_finish(
@@ -145,9 +156,53 @@ def test_a_new_operator_queues_an_audit_and_watches_it_finish(
     assert sorted(trace["x"]) == sorted(d.replace("_", " ") for d in DOMAINS)
     assert [len(row) for row in trace["z"]] == [len(DOMAINS)] * len(TRAITS)
 
-    # The same page on a phone-sized screen, once it has finished.
+    # The report card, one click from the finished run.
+    page.get_by_role("link", name=f"Report card of {tiny_checkpoint.name} →").click()
+    expect(page).to_have_url(re.compile(rf"/checkpoints/{tiny_checkpoint.name}/#report-card$"))
+    expect(page.get_by_role("heading", name="Report card")).to_be_visible()
+    benefit = page.locator("[data-index=benefit] .value")
+    expect(benefit).to_contain_text("nats")
+    cells = page.locator(".chart[data-chart*='traits-domains'] .plot")
+    expect(cells.locator(".main-svg").first).to_be_visible()
+    screenshot(page, "09-report-card")
+
+    # A click on a heatmap cell (humility x law) opens the items behind it.
+    trait, domain = TRAITS.index("humility"), DOMAINS.index("law")
+    point = cells.evaluate(
+        """(plot, [row, column]) => {
+            const xa = plot._fullLayout.xaxis, ya = plot._fullLayout.yaxis;
+            const box = plot.getBoundingClientRect();
+            return {x: box.left + xa._offset + xa.l2p(column),
+                    y: box.top + ya._offset + ya.l2p(row)};
+        }""",
+        [trait, domain],
+    )
+    page.mouse.click(point["x"], point["y"])
+    expect(page).to_have_url(re.compile(r"/items/\?run=\d+&suite=\d+&trait=humility&domain=law"))
+    expect(page.get_by_text("1 result", exact=True)).to_be_visible()
+    expect(page.locator("article.item")).to_contain_text("law-humility")
+    screenshot(page, "10-items-of-a-cell")
+
+    # Compare with a second checkpoint, evaluated on the same items by the same worker.
+    other = second_checkpoint(tiny_checkpoint)
+    second = audit_create(checkpoint=other, suites=[starter_suite], conditions=["neutral"],
+                          profile="quick", samples=0)  # fmt: skip
+    assert wait_until_finished(second, celery_worker_process).status == "succeeded"
+    page.get_by_role("link", name="Compare", exact=True).click()
+    page.select_option("select[name=a]", other.name)
+    page.select_option("select[name=b]", tiny_checkpoint.name)
+    page.get_by_role("button", name="Compare").click()
+    expect(page.get_by_role("heading", name="Overall")).to_be_visible()
+    expect(page.locator("table").first).to_contain_text(f"{other.name} − {tiny_checkpoint.name}")
+    screenshot(page, "11-compare")
+    flipped = page.get_by_role("link", name="see the items that flipped")
+    flipped.click()
+    expect(page.get_by_role("link", name=f"Flipped against {tiny_checkpoint.name}")).to_be_visible()
+    screenshot(page, "12-items-that-flipped")
+
+    # The audit page on a phone-sized screen, once it has finished.
     narrow = narrow_page(page)
-    narrow.goto(page.url)
+    narrow.goto(f"{live_server_url}/audits/{audit.pk}/")
     expect(narrow.locator("#audit-status")).to_have_text("succeeded")
     expect(narrow.locator(f"{heatmap} .main-svg").first).to_be_visible()
     screenshot(narrow, "08-audit-succeeded-420px")
