@@ -22,7 +22,11 @@ METRICS = {
 }
 
 
-def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
+def compare_runs(
+    first: Run, second: Run, seed: int = 0, metrics=tuple(METRICS), trait_cells: bool = True
+) -> list[dict]:
+    """Rows per group (as in scoring) and metric. Pages ask only for what they show:
+    `metrics`, and without `trait_cells` no domain x trait rows (the most numerous)."""
     theirs = {(r.item_id, r.condition): r for r in ItemResult.objects.filter(run=second)}
     groups: dict[tuple, list[tuple[ItemResult, ItemResult]]] = defaultdict(list)
     mine = ItemResult.objects.filter(run=first).select_related("item", "item__suite")
@@ -32,11 +36,13 @@ def compare_runs(first: Run, second: Run, seed: int = 0) -> list[dict]:
             continue
         item = result.item
         for key in group_keys(item, result.condition):
-            groups[(item.suite.name, *key)].append((result, other))
+            if trait_cells or not (key[1] and key[2]):
+                groups[(item.suite.name, *key)].append((result, other))
     rows = []
     for (suite, condition, domain, trait, family), pairs in groups.items():
         clusters = [conversation(a.item) for a, _ in pairs]
-        for metric, value in METRICS.items():
+        for metric in metrics:
+            value = METRICS[metric]
             mine, theirs = [value(a) for a, _ in pairs], [value(b) for _, b in pairs]
             estimate = paired_difference(mine, theirs, seed, clusters)
             rows.append({

@@ -357,14 +357,15 @@ def base_run_for(run: Run, base: Checkpoint) -> Run | None:
 
 
 def cached_comparison(first: Run, second: Run) -> list[dict]:
-    """`compare_runs` of two finished runs, with each row's suite kind, cached: finished
-    runs do not change, and a retried run gets a new finish time, hence a new key."""
+    """The calibrated-margin rows of `compare_runs` that pages show (no domain x trait
+    cells), with each row's suite kind, cached: finished runs do not change, and a retried
+    run gets a new finish time, hence a new key."""
     key = "compare:" + ":".join(
         f"{r.pk}@{r.finished_at.timestamp() if r.finished_at else 0}" for r in (first, second)
     )
     rows = cache.get(key)
     if rows is None:
-        rows = compare_runs(first, second, seed=first.audit.seed)
+        rows = compare_runs(first, second, first.audit.seed, ("margin",), trait_cells=False)
         kinds = suite_kinds(set(first.audit.suites.values_list("pk", flat=True)))
         names = dict(first.audit.suites.values_list("name", "pk"))
         for row in rows:
