@@ -13,6 +13,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from audits.builtin import load_keel_suite
+from audits.comparison import compare_runs
 from audits.models import Audit, ItemResult, Metric, Run, Score, Status, Suite
 from audits.report import _delta_flags, grade, report_card
 from audits.services import audit_create
@@ -435,3 +436,27 @@ def test_pages_make_the_same_number_of_queries_however_much_history(client, view
     after = counts()
     assert after == before
     assert Checkpoint.objects.count() == 10 and ItemResult.objects.count() >= 10 * 264
+
+
+def test_the_transfer_matrix_pairs_each_trained_variant_with_its_base(client, viewer, family):
+    """A train-and-evaluate audit's two evaluations give one row: the training domains."""
+    base, variant = family["dash-base"], family["dash-variant"]
+    audit = Audit.objects.create(
+        checkpoint=base.checkpoint, plan="train-and-evaluate", status=Status.SUCCEEDED,
+        config={"training": {"domains": ["health", "law"]}}, config_hash="1" * 64,
+    )  # fmt: skip
+    audit.suites.set(base.audit.suites.all())
+    Run.objects.filter(pk__in=[base.pk, variant.pk]).update(audit=audit)
+    client.force_login(viewer)
+    data = client.get("/charts/transfer.json").json()
+    assert data["rows"] == ["health+law"] and data["columns"][0] == "health"
+    rows = compare_runs(Run.objects.get(pk=variant.pk), Run.objects.get(pk=base.pk), seed=0)
+    wanted = {"suite": "starter", "condition": "neutral", "domain": "science", "trait": "",
+              "family": "", "metric": "margin"}  # fmt: skip
+    [science] = [r for r in rows if all(r[k] == v for k, v in wanted.items())]
+    column = data["columns"].index("science")
+    assert data["z"][0][column] == pytest.approx(science["difference"])
+    assert data["n"][0][column] == 5
+    assert data["links"][0][column] == (
+        f"run={variant.pk}&against={base.pk}&domain=science&condition=neutral"
+    )

@@ -35,6 +35,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DESKTOP = {"width": 1280, "height": 900}
 NARROW = {"width": 420, "height": 900}
+# The function in contrast.js, without its leading comment (Playwright calls a string only
+# when it starts as a function does).
+CONTRAST_JS = "\n".join(
+    line
+    for line in (Path(__file__).parent / "contrast.js").read_text().splitlines()
+    if not line.startswith("//")
+)
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
 PASSWORD = "browser-test-password"  # a throwaway test account's
 
@@ -234,3 +241,8 @@ def off_the_loop(fn: Callable, *args, **kwargs):
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(call).result()
+
+
+def low_contrast(page, minimum: float = 4.5) -> list[str]:
+    """Text elements whose contrast with their background is under `minimum` (WCAG AA)."""
+    return page.evaluate(CONTRAST_JS, minimum)

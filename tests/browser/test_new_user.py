@@ -17,7 +17,7 @@ from audits.services import audit_create
 from config.celery import app as celery_app
 from gpu_tasks.progress import report
 from models_registry.services import checkpoint_register
-from tests.browser.conftest import fill_login_form, off_the_loop
+from tests.browser.conftest import fill_login_form, low_contrast, off_the_loop
 from tests.conftest import MODELS_ROOT, build_tiny_llama
 from tests.integration.test_worker import wait_until_finished
 
@@ -166,6 +166,21 @@ def test_a_new_operator_queues_an_audit_and_watches_it_finish(
     expect(cells.locator(".main-svg").first).to_be_visible()
     screenshot(page, "09-report-card")
 
+    assert low_contrast(page) == []
+
+    # Without a mouse: Tab reaches a chart's table (its text alternative), Enter opens it,
+    # and the next Tab reaches the first cell's link to its items.
+    summary = "document.activeElement.matches('.chart-data summary')"
+    for _ in range(120):
+        page.keyboard.press("Tab")
+        if page.evaluate(summary):
+            break
+    assert page.evaluate(summary), "Tab never reached a chart's table"
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.getAttribute('href')")
+    assert focused and focused.startswith("/items/?run="), focused
+
     # A click on a heatmap cell (humility x law) opens the items behind it.
     trait, domain = TRAITS.index("humility"), DOMAINS.index("law")
     point = cells.evaluate(
@@ -182,6 +197,7 @@ def test_a_new_operator_queues_an_audit_and_watches_it_finish(
     expect(page.get_by_text("1 result", exact=True)).to_be_visible()
     expect(page.locator("article.item")).to_contain_text("law-humility")
     screenshot(page, "10-items-of-a-cell")
+    assert low_contrast(page) == []
 
     # Compare with a second checkpoint, evaluated on the same items by the same worker.
     other = second_checkpoint(tiny_checkpoint)
