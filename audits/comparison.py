@@ -92,7 +92,7 @@ def training_deltas(audit) -> dict | None:
         "variant": runs[0].checkpoint.name,
         "base": runs[1].checkpoint.name,
         "rows": rows,
-        "overall": sorted((r for r in rows if not r["domain"]), key=_reading_order),
+        "overall": sorted((r for r in rows if not r["domain"]), key=reading_order),
         "trained": "+".join(trained),
         "transfer_cells": by_metric["margin"],
         "transfer_mean_token_cells": by_metric["margin_mean_token"],
@@ -152,7 +152,7 @@ def _cell(row: dict) -> tuple:
     return tuple(row[k] for k in ("suite", "condition", "domain", "trait", "family", "metric"))
 
 
-def _reading_order(row: dict) -> tuple:
+def reading_order(row: dict) -> tuple:
     """Suites by name, each condition's "all items" first, then its traits or families."""
     what = row["trait"] or row["family"]
     return (row["suite"], row["condition"], bool(what), what, list(METRICS).index(row["metric"]))

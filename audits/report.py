@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, OuterRef, Subquery
 
-from audits.comparison import compare_runs
+from audits.comparison import compare_runs, reading_order
 from audits.conditions import CONDITIONS, NEUTRAL
 from audits.models import DOMAINS, FAMILIES, Audit, Item, Metric, Run, RunKind, Score, Status
 from audits.scoring import ADVERSARIAL_POOL, HELPFUL_POOL
@@ -193,7 +193,9 @@ def report_card(checkpoint: Checkpoint, run: Run | None = None) -> ReportCard:
         card.base_run = base_run_for(run, card.base)
         if card.base_run is not None:
             rows = cached_comparison(run, card.base_run)
-            card.deltas = [r for r in rows if not r["domain"] and r["metric"] == "margin"]
+            card.deltas = sorted(
+                (r for r in rows if not r["domain"] and r["metric"] == "margin"), key=reading_order
+            )
             card.flags = _delta_flags(rows) + card.flags
     card.flags = card.flags[:FLAG_LIMIT]
     return card

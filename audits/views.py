@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from audits import charts, progress
-from audits.comparison import persistence_deltas, training_deltas
+from audits.comparison import persistence_deltas, reading_order, training_deltas
 from audits.conditions import CONDITIONS, system_prompt
 from audits.forms import AuditForm
 from audits.models import (
@@ -284,12 +284,15 @@ def compare(request):
             context |= {
                 "first": first,
                 "second": second,
-                "overall": [r for r in rows if not r["domain"] and r["metric"] == "margin"],
-                "by_domain": [
-                    r for r in rows
-                    if r["domain"] and not r["trait"] and not r["family"]
-                    and r["metric"] == "margin" and r["condition"] == "neutral"
-                ],
+                "overall": sorted(
+                    (r for r in rows if not r["domain"] and r["metric"] == "margin"),
+                    key=reading_order,
+                ),
+                "by_domain": sorted(
+                    (r for r in rows if r["domain"] and not r["trait"] and not r["family"]
+                     and r["metric"] == "margin" and r["condition"] == "neutral"),
+                    key=lambda r: (r["suite"], DOMAINS.index(r["domain"])),
+                ),
                 "flipped": sum(r["flipped"] for r in rows if not r["domain"] and not r["trait"]
                                and not r["family"] and r["metric"] == "margin"
                                and r["condition"] not in ("adversarial", "helpful")),

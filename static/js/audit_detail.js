@@ -57,6 +57,11 @@
     const retry = document.getElementById("retry-form");
     if (retry) retry.hidden = !["failed", "cancelled"].includes(snapshot.status);
     ensureCharts(snapshot);
+    if (lastStatus !== null && !FINISHED.includes(lastStatus) && FINISHED.includes(snapshot.status)) {
+      // Finished while open: final scores with intervals now, and the tables on reload.
+      Keel.refreshCharts(chartsEl);
+      document.getElementById("finished-note").hidden = false;
+    }
     const progressKey = JSON.stringify([snapshot.scores, snapshot.runs.map((r) => [r.done, r.status])]);
     if (lastProgress !== null && progressKey !== lastProgress) redrawSoon();
     lastProgress = progressKey;
