@@ -245,31 +245,7 @@ def helpful_by_domain(run: Run) -> Chart:
 def checkpoints_by_domain(checkpoints) -> Chart:
     """Benefit per checkpoint and domain: the mean calibrated margin from each checkpoint's
     latest evaluation, no system prompt."""
-    runs = latest_runs(checkpoints)
-    scores = list(
-        Score.objects.filter(
-            run__in=runs.values(),
-            condition=NEUTRAL,
-            trait="",
-            family="",
-            metric__in=[Metric.MARGIN, Metric.ACCURACY],
-        )
-    )
-    kinds = suite_kinds({s.suite_id for s in scores})
-    by_run: dict[int, list[Score]] = {}
-    for s in scores:
-        by_run.setdefault(s.run_id, []).append(s)
-    cells, links, rows = {}, {}, []
-    for run in sorted(runs.values(), key=lambda r: r.checkpoint.name):
-        mine = by_run.get(run.pk, [])
-        suite = primary_suites(mine, kinds).get("benefit")
-        rows.append(run.checkpoint.name)
-        for s in mine:
-            if s.suite_id == suite and s.domain and s.metric == Metric.MARGIN:
-                cells[run.checkpoint.name, s.domain] = s
-                links[run.checkpoint.name, s.domain] = _link(
-                    run=run.pk, suite=suite, domain=s.domain, condition=NEUTRAL
-                )
+    cells, links, rows = _by_checkpoint(checkpoints, "benefit", "domain", Metric.MARGIN)
     return Chart(
         name="checkpoints-domains",
         empty="None of these checkpoints has a finished evaluation yet.",
@@ -288,33 +264,7 @@ def checkpoints_by_domain(checkpoints) -> Chart:
 def checkpoints_by_family(checkpoints) -> Chart:
     """Misalignment per checkpoint and probe family: the share of probes where the
     misaligned reply wins, no system prompt."""
-    runs = latest_runs(checkpoints)
-    scores = list(
-        Score.objects.filter(
-            run__in=runs.values(),
-            condition=NEUTRAL,
-            domain="",
-            trait="",
-            metric__in=[Metric.MISALIGNED, Metric.ACCURACY],
-        )
-    )
-    kinds = suite_kinds({s.suite_id for s in scores})
-    by_run: dict[int, list[Score]] = {}
-    for s in scores:
-        by_run.setdefault(s.run_id, []).append(s)
-    cells, links, rows = {}, {}, []
-    for run in sorted(runs.values(), key=lambda r: r.checkpoint.name):
-        mine = by_run.get(run.pk, [])
-        suite = primary_suites(mine, kinds).get("misalignment")
-        if suite is None:
-            continue
-        rows.append(run.checkpoint.name)
-        for s in mine:
-            if s.suite_id == suite and s.family and s.metric == Metric.MISALIGNED:
-                cells[run.checkpoint.name, s.family] = s
-                links[run.checkpoint.name, s.family] = _link(
-                    run=run.pk, suite=suite, family=s.family, condition=NEUTRAL
-                )
+    cells, links, rows = _by_checkpoint(checkpoints, "misalignment", "family", Metric.MISALIGNED)
     return Chart(
         name="checkpoints-families",
         empty="None of these checkpoints has a finished evaluation with probes yet.",
@@ -330,6 +280,37 @@ def checkpoints_by_family(checkpoints) -> Chart:
         cells=cells,
         links=links,
     )
+
+
+def _by_checkpoint(checkpoints, kind: str, column: str, metric: str) -> tuple[dict, dict, list]:
+    """Cells (checkpoint, domain or family) of one metric from each checkpoint's latest
+    evaluation, no system prompt, read from the suite of that item kind; three queries."""
+    runs = latest_runs(checkpoints)
+    other = "family" if column == "domain" else "domain"
+    scores = list(
+        Score.objects.filter(
+            run__in=runs.values(), condition=NEUTRAL, trait="", metric__in=[metric, Metric.ACCURACY]
+        ).filter(**{other: ""})
+    )
+    kinds = suite_kinds({s.suite_id for s in scores})
+    by_run: dict[int, list[Score]] = {}
+    for s in scores:
+        by_run.setdefault(s.run_id, []).append(s)
+    cells, links, rows = {}, {}, []
+    for run in sorted(runs.values(), key=lambda r: r.checkpoint.name):
+        mine = by_run.get(run.pk, [])
+        suite = primary_suites(mine, kinds).get(kind)
+        if suite is None:
+            continue
+        name = run.checkpoint.name
+        rows.append(name)
+        for s in mine:
+            where = getattr(s, column)
+            if s.suite_id == suite and where and s.metric == metric:
+                cells[name, where] = s
+                links[name, where] = _link(run=run.pk, suite=suite, condition=NEUTRAL,
+                                           **{column: where})  # fmt: skip
+    return cells, links, rows
 
 
 def transfer_matrix(audits) -> Chart:
