@@ -118,7 +118,7 @@ def test_a_new_operator_queues_an_audit_and_watches_it_finish(
     chosen = (audit.conditions, audit.profile, audit.config["generation"]["samples"])
     assert chosen == (["neutral"], "quick", 1)
     assert audit.created_by.username == operator_account[0]
-    expect(page.locator(".message")).to_have_text(f"Queued audit {audit.pk}.")
+    expect(page.locator(".message:not([hidden])")).to_have_text(f"Queued audit {audit.pk}.")
     loaded_at = page.evaluate("window.__keelSeen.loadedAt")
 
     expect(page.locator("#live")).to_have_text("live")
