@@ -322,7 +322,10 @@ def _delta_flags(rows: list[dict]) -> list[str]:
     """Paired changes against the base whose interval excludes zero, in plain words."""
     flagged: list[tuple[float, str]] = []
     for r in rows:
+        # Whole domains, families and suites: a domain x family cell holds a few items.
         if r["metric"] != "margin" or not r["significant"] or r["trait"]:
+            continue
+        if r["domain"] and r["family"]:
             continue
         if r["condition"] in (ADVERSARIAL_POOL, HELPFUL_POOL) or r["n"] < min_cell_items():
             continue
@@ -334,13 +337,18 @@ def _delta_flags(rows: list[dict]) -> list[str]:
             change = "fell" if r["difference"] > 0 else "rose"
         elif r["suite_kind"] == "misalignment":
             what, change = "misalignment", "fell" if r["difference"] > 0 else "rose"
+        elif r["suite_kind"] == "instruction":
+            name = r["condition"].replace("_", "-")
+            what, conditions = f"following the {name} instruction", ""
+            change = "rose" if r["difference"] > 0 else "fell"
         else:
             what, change = "benefit", "rose" if r["difference"] > 0 else "fell"
         worse = r["difference"] < 0
         flagged.append(
             (
                 (0 if worse else 1, -abs(r["difference"])),
-                f"{'Worse' if worse else 'Better'}: {what} {conditions} {change}{where} "
+                f"{'Worse' if worse else 'Better'}: {' '.join(filter(None, (what, conditions)))} "
+                f"{change}{where} "
                 f"against the base ({figures}, {r['better']} of {r['n']} items better).",
             )
         )

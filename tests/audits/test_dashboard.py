@@ -197,7 +197,19 @@ def test_flags_against_the_base_are_plain_words_with_figures():
             "significant": False,
         },
     ]
+    rows += [
+        {"suite": "steering-helpful", "suite_kind": "instruction", "condition": "spanish",
+         "domain": "", "trait": "", "family": "", "metric": "margin", "difference": -1.4,
+         "ci_low": -2.1, "ci_high": -0.9, "n": 6, "better": 0, "significant": True},
+        # A domain x family cell: too few items to flag, however clear its interval.
+        {"suite": "probes", "suite_kind": "misalignment", "condition": "neutral",
+         "domain": "law", "trait": "", "family": "deception", "metric": "margin",
+         "difference": -3.0, "ci_low": -4.0, "ci_high": -2.0, "n": 3, "better": 0,
+         "significant": True},
+    ]  # fmt: skip
     assert _delta_flags(rows) == [
+        "Worse: following the spanish instruction fell overall against the base (-1.40 nats, "
+        "95% CI -2.10 to -0.90, 0 of 6 items better).",
         "Worse: misalignment under the sales-pressure persona rose in personal finance against "
         "the base (-1.25 nats, 95% CI -2.00 to -0.50, 2 of 12 items better).",
         "Better: benefit with no system prompt rose in health against the base (+0.40 nats, "
