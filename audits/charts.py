@@ -3,7 +3,8 @@ CSV and JSON.
 
 A chart is rows x columns of cells, each with its value, 95% interval and item count.
 Cells with fewer items than `KEEL_MIN_CELL_ITEMS` keep their figures but are marked
-`few`, and the page draws them hatched grey instead of coloured. Each cell also carries
+`few`, and the page draws them in a grey layer, labelled with their count, instead of
+coloured. Each cell also carries
 the query string of its drill-down (the items behind it), or none.
 """
 

@@ -281,6 +281,9 @@ def compare(request):
         else:
             first, second = by_name[a], by_name[b]
             rows = cached_comparison(first, second)
+            # Each suite's condition rows over all items, each pair counted once.
+            whole = [r for r in rows if not (r["domain"] or r["trait"] or r["family"])
+                     and r["condition"] not in ("adversarial", "helpful")]  # fmt: skip
             context |= {
                 "first": first,
                 "second": second,
@@ -293,12 +296,8 @@ def compare(request):
                      and r["metric"] == "margin" and r["condition"] == "neutral"),
                     key=lambda r: (r["suite"], DOMAINS.index(r["domain"])),
                 ),
-                "flipped": sum(r["flipped"] for r in rows if not r["domain"] and not r["trait"]
-                               and not r["family"] and r["metric"] == "margin"
-                               and r["condition"] not in ("adversarial", "helpful")),
-                "paired": sum(r["n"] for r in rows if not r["domain"] and not r["trait"]
-                              and not r["family"] and r["metric"] == "margin"
-                              and r["condition"] not in ("adversarial", "helpful")),
+                "flipped": sum(r["flipped"] for r in whole),
+                "paired": sum(r["n"] for r in whole),
             }  # fmt: skip
     status = 400 if context.get("error") else 200
     return render(request, "audits/compare.html", context, status=status)

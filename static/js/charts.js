@@ -20,7 +20,7 @@ window.Keel = window.Keel || {};
   }
   Keel.el = el;
 
-  const fmt = (x, digits) => (x === null || x === undefined ? "—" : Number(x).toFixed(digits === undefined ? 3 : digits));
+  const fmt = (x) => (x === null || x === undefined ? "—" : Number(x).toFixed(3));
   const words = (s) => String(s).replaceAll("_", " ");
 
   function interval(data, i, j) {
@@ -150,17 +150,6 @@ window.Keel = window.Keel || {};
       load(container);
     });
   };
-
-  // A metric selector: <select data-metric-for="ID"> rewrites that chart's metric= and redraws.
-  document.querySelectorAll("select[data-metric-for]").forEach((select) => {
-    select.addEventListener("change", () => {
-      const container = document.getElementById(select.dataset.metricFor);
-      const url = new URL(container.dataset.chart, window.location.origin);
-      url.searchParams.set("metric", select.value);
-      container.dataset.chart = `${url.pathname}${url.search}`;
-      load(container);
-    });
-  });
 
   // A family's indices across versions, with their intervals.
   Keel.drawTrend = function (plot, points) {
