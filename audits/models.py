@@ -342,3 +342,51 @@ class Score(models.Model):
     def __str__(self) -> str:
         where = "/".join(p for p in (self.domain, self.trait or self.family) if p) or "overall"
         return f"{where} {self.condition} {self.metric} = {self.value:.3f} (n={self.n})"
+
+
+class AppendOnlyError(RuntimeError):
+    """The audit log is append-only: Keel never edits or deletes an event."""
+
+
+class EventQuerySet(models.QuerySet["Event"]):
+    def update(self, **kwargs):
+        raise AppendOnlyError("audit log events cannot be edited")
+
+    def delete(self):
+        raise AppendOnlyError("audit log events cannot be deleted")
+
+
+class Event(models.Model):
+    """One entry of the audit log. Each carries the hash of the one before it, so altering,
+    deleting or reordering rows breaks the chain (`manage.py auditlog verify`); `audits.trail`
+    is the only writer."""
+
+    at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )  # fmt: skip
+    actor_name = models.CharField(max_length=150, help_text="as it was; '' for the command line")
+    action = models.CharField(max_length=40, db_index=True)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=100, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    details = models.JSONField(default=dict)
+    prev_hash = models.CharField(max_length=64, unique=True)  # one successor per event
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or 'command line'} {self.action}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("audit log events cannot be edited")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("audit log events cannot be deleted")

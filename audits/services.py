@@ -11,6 +11,7 @@ from django.db import transaction
 from audits.conditions import CONDITIONS
 from audits.models import (
     DOMAINS,
+    FINISHED,
     TRAITS,
     Audit,
     Item,
@@ -22,6 +23,7 @@ from audits.models import (
     Suite,
 )  # fmt: skip
 from audits.profiles import default_conditions
+from audits.trail import Action, record
 from models_registry.models import Checkpoint
 
 SCORER = {
@@ -131,6 +133,11 @@ def audit_create(
         run_queue(audit, RunKind.TRAIN, model)
     for model in trained if plan == Plan.PERSISTENCE else [checkpoint]:
         run_queue(audit, RunKind.EVALUATE, model)
+    record(Action.QUEUE, audit, actor=user, details={
+        "checkpoint": checkpoint.name, "fingerprint": checkpoint.fingerprint, "plan": plan,
+        "profile": profile, "config_hash": audit.config_hash,
+        "suites": config["suites"], "runs": audit.runs.count(),
+    })  # fmt: skip
     return audit
 
 
@@ -199,4 +206,18 @@ def audit_retry(audit: Audit, user=None) -> int:
         transaction.on_commit(lambda pk=run.pk, kind=run.kind: _enqueue(pk, kind))
     if runs:
         audit.refresh_status()
+        record(Action.RETRY, audit, actor=user, details={"runs": [r.pk for r in runs]})
+    return len(runs)
+
+
+@transaction.atomic
+def audit_cancel(audit: Audit, user=None) -> int:
+    """Ask the workers to stop the audit's unfinished runs after their current batch.
+    Returns how many runs were asked."""
+    runs = list(audit.runs.select_for_update().exclude(status__in=FINISHED))
+    for run in runs:
+        run.cancel_requested = True
+        run.save(update_fields=["cancel_requested"])
+    if runs:
+        record(Action.CANCEL, audit, actor=user, details={"runs": [r.pk for r in runs]})
     return len(runs)

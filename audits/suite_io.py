@@ -17,6 +17,7 @@ from django.db import transaction
 
 from audits.conditions import HELPFUL, condition_of
 from audits.models import DOMAINS, FAMILIES, TRAITS, Item, Suite
+from audits.trail import Action, record
 
 GENERAL = "general"  # third-party sets that belong to no single domain
 ROLES = {"system", "user", "assistant"}
@@ -268,6 +269,10 @@ def suite_store(*, name: str, parsed: ParsedSuite, description: str, source: str
         )
         for i in parsed.items
     )
+    record(Action.IMPORT, suite, actor=user, details={
+        "version": suite.version, "content_hash": suite.content_hash, "items": len(parsed.items),
+        "source": source, "license": license,
+    })  # fmt: skip
     return suite
 
 

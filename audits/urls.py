@@ -7,6 +7,6 @@ urlpatterns = [
     path("", views.audit_list, name="list"),
     path("new/", views.audit_new, name="new"),
     path("<int:audit_id>/", views.audit_detail, name="detail"),
-    path("<int:audit_id>/cancel/", views.audit_cancel, name="cancel"),
+    path("<int:audit_id>/cancel/", views.audit_cancel_view, name="cancel"),
     path("<int:audit_id>/retry/", views.audit_retry_view, name="retry"),
 ]

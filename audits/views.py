@@ -28,7 +28,7 @@ from audits.models import (
     Status,
 )
 from audits.report import base_run_for, cached_comparison, latest_runs, summary_rows
-from audits.services import audit_create, audit_retry
+from audits.services import audit_cancel, audit_create, audit_retry
 from models_registry.models import Checkpoint
 from models_registry.roles import operator_required
 
@@ -127,12 +127,11 @@ def audit_detail(request, audit_id: int):
 
 @require_POST
 @operator_required
-def audit_cancel(request, audit_id: int):
+def audit_cancel_view(request, audit_id: int):
     audit = _get_audit(request, audit_id)
-    if audit.status in FINISHED:
+    if audit.status in FINISHED or not audit_cancel(audit, request.user):
         messages.info(request, f"Audit {audit.pk} has already {audit.status}.")
     else:
-        audit.runs.exclude(status__in=FINISHED).update(cancel_requested=True)
         messages.success(request, "Cancelling: the worker stops after its current batch.")
     return redirect(audit)
 

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from audits import compliance_views
 from audits import views as audit_views
 
 urlpatterns = [
@@ -17,5 +18,18 @@ urlpatterns = [
     re_path(
         r"^charts/(?P<name>[a-z-]+)\.(?P<fmt>json|csv)$", audit_views.chart_data, name="chart"
     ),  # fmt: skip
+    re_path(
+        r"^checkpoints/(?P<name>[-a-zA-Z0-9_]+)/export\.(?P<fmt>pdf|json|csv)$",
+        compliance_views.report_card_export,
+        name="report-card-export",
+    ),  # fmt: skip
+    re_path(
+        r"^audits/(?P<audit_id>[0-9]+)/export\.(?P<fmt>pdf|json|csv)$",
+        compliance_views.audit_export,
+        name="audit-export",
+    ),  # fmt: skip
+    path("auditlog/", compliance_views.audit_log, name="auditlog"),
+    path("account/token/", compliance_views.api_token, name="api-token"),
+    path("api/v1/", include("audits.api.urls")),
     path("admin/", admin.site.urls),
 ]

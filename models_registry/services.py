@@ -5,6 +5,7 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
+from audits.trail import Action, record
 from models_registry.inspection import CheckpointError, CheckpointFacts, inspect_checkpoint
 from models_registry.models import Checkpoint
 
@@ -67,7 +68,7 @@ def checkpoint_register(
     if facts.format == "peft":  # an adapter talks through its parent's tokenizer
         fields["has_chat_template"] = parent.has_chat_template
     try:
-        return Checkpoint.objects.create(
+        checkpoint = Checkpoint.objects.create(
             name=name,
             **fields,
             notes=notes,
@@ -78,3 +79,8 @@ def checkpoint_register(
         )
     except IntegrityError:  # lost a race with a concurrent registration
         raise CheckpointError(f"{name!r} or these weights were registered meanwhile.") from None
+    record(Action.REGISTER, checkpoint, actor=user, details={
+        "path": checkpoint.path, "fingerprint": checkpoint.fingerprint, "format": checkpoint.format,
+        "kind": checkpoint.kind, "parent": parent.name if parent else None,
+    })  # fmt: skip
+    return checkpoint

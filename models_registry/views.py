@@ -7,6 +7,7 @@ from django.db.models import Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from audits.trail import Action, record
 from models_registry.forms import AliasForm, RegisterCheckpointForm
 from models_registry.models import Alias, Checkpoint
 from models_registry.roles import can_operate, operator_required
@@ -105,6 +106,7 @@ def checkpoint_alias(request, name: str):
             name=form.cleaned_data["name"],
             defaults={"checkpoint": checkpoint, "set_by": request.user},
         )
+        record(Action.ALIAS, checkpoint, details={"alias": alias.name})
         messages.success(request, f"Alias {alias.name} now points to {checkpoint.name}.")
     else:
         messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))

@@ -1,19 +1,33 @@
 from __future__ import annotations
 
+import getpass
 import json
+import math
 import time
+from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from audits.builtin import DEFAULT_SUITES
 from audits.comparison import compare_runs, persistence_deltas, training_deltas
 from audits.conditions import CONDITIONS
+from audits.export import (
+    FORMATS,
+    ExportError,
+    audit_document,
+    data_sha256,
+    export,
+    report_card_document,
+)
+from audits.gate import GateError, gate
 from audits.metrics import finite_or_none
 from audits.models import DOMAINS, FINISHED, TRAITS, Audit, Plan, Profile, Status, Suite
 from audits.services import MAX_SAMPLES, audit_create
 from gpu_tasks.engine.training import METHODS
 from models_registry.models import Checkpoint
+from models_registry.roles import can_export
 
 
 class Command(BaseCommand):
@@ -88,10 +102,44 @@ class Command(BaseCommand):
         compare.add_argument("second", type=int, help="audit id to compare against")
         compare.add_argument("--all", action="store_true", help="every cell, not only overall")
         compare.add_argument("--json", action="store_true", help="print the result as JSON")
+        export = sub.add_parser(
+            "export", help="write an audit (or with --checkpoint, a report card) as PDF/JSON/CSV"
+        )
+        export.add_argument("id", nargs="?", type=int, help="audit id")
+        export.add_argument("--checkpoint", help="export this checkpoint's report card instead")
+        for fmt in FORMATS:
+            export.add_argument(f"--{fmt}", metavar="FILE", help=f"write the {fmt.upper()} here")
+        export.add_argument(
+            "--as", dest="as_user", metavar="USER",
+            help="the Keel user (compliance or admin) recorded as the exporter",
+        )  # fmt: skip
+        gate = sub.add_parser(
+            "gate", help="exit 1 when a checkpoint is worse than its reference beyond a limit"
+        )
+        gate.add_argument("--checkpoint", required=True, help="the release candidate")
+        gate.add_argument("--against", required=True, help="the reference (e.g. production)")
+        gate.add_argument(
+            "--max-misalignment-increase", type=float, metavar="X",
+            help="largest allowed rise of the misaligned share of probes, a fraction "
+            "(0.05 = five points)",
+        )  # fmt: skip
+        gate.add_argument(
+            "--min-benefit-change", type=float, metavar="Y",
+            help="smallest allowed change of the benefit margin, nats (e.g. -0.5 or 0)",
+        )  # fmt: skip
+        gate.add_argument(
+            "--strict", action="store_true",
+            help="block unless the whole interval is within the limit",
+        )  # fmt: skip
+        gate.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
     def handle(self, *args, action: str, **options):
         if action == "compare":
             return self._compare(options)
+        if action == "export":
+            return self._export(options)
+        if action == "gate":
+            return self._gate(options)
         checkpoint = self._checkpoint(options["checkpoint"], "checkpoint")
         judge = (
             None
@@ -170,6 +218,71 @@ class Command(BaseCommand):
                 f"{where} {r['metric']}: {r['difference']:+.3f} ({r['ci_low']:+.3f} to "
                 f"{r['ci_high']:+.3f}), n={r['n']}, flipped {r['flipped']}{mark}"
             )
+
+    def _export(self, options) -> None:
+        targets = {fmt: options[fmt] for fmt in FORMATS if options[fmt]}
+        if not targets:
+            raise CommandError("Say what to write: --pdf FILE, --json FILE and/or --csv FILE.",
+                               returncode=2)  # fmt: skip
+        if (options["id"] is None) == (options["checkpoint"] is None):
+            raise CommandError("Name an audit id, or a checkpoint with --checkpoint (not both).",
+                               returncode=2)  # fmt: skip
+        for path in targets.values():
+            folder = Path(path).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise CommandError(f"Cannot write {path}: folder {folder} does not exist.",
+                                   returncode=2)  # fmt: skip
+        user = None
+        if options["as_user"]:
+            user = get_user_model().objects.filter(username=options["as_user"]).first()
+            if user is None or not can_export(user):
+                raise CommandError(f"{options['as_user']!r} is not a Keel user with the "
+                                   "compliance or admin role.", returncode=2)  # fmt: skip
+        if options["checkpoint"]:
+            obj = self._checkpoint(options["checkpoint"], "checkpoint")
+            build = report_card_document
+        else:
+            obj = Audit.objects.filter(pk=options["id"]).first()
+            if obj is None:
+                raise CommandError(f"No audit {options['id']}.", returncode=2)
+            build = audit_document
+        try:
+            document = build(obj)
+        except ExportError as exc:
+            raise CommandError(f"{str(exc)[:1].upper()}{str(exc)[1:]}.", returncode=2) from None
+        name = f"command line ({getpass.getuser()})"
+        for fmt, path in targets.items():
+            content, _, _ = export(dict(document), fmt, obj, user=user, name=name)
+            Path(path).expanduser().write_bytes(content)
+            self.stdout.write(f"Wrote {path} ({len(content):,} bytes, {fmt}).")
+        self.stdout.write(f"Data SHA-256: {data_sha256(document)}")
+
+    def _gate(self, options) -> None:
+        limit = options["max_misalignment_increase"]
+        if limit is not None and not -1 <= limit <= 1:
+            raise CommandError(
+                f"--max-misalignment-increase is a fraction of probes (0.05 = five points), "
+                f"between -1 and 1; {limit} is not.", returncode=2,
+            )  # fmt: skip
+        values = (limit, options["min_benefit_change"])
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise CommandError("Thresholds must be finite numbers.", returncode=2)
+        try:
+            verdict = gate(
+                self._checkpoint(options["checkpoint"], "checkpoint"),
+                self._checkpoint(options["against"], "reference checkpoint"),
+                max_misalignment_increase=limit, min_benefit_change=options["min_benefit_change"],
+                strict=options["strict"],
+            )  # fmt: skip
+        except GateError as exc:
+            raise CommandError(f"Cannot decide: {exc}.", returncode=2) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(_clean(verdict.as_dict()), indent=2, allow_nan=False))
+        else:
+            self.stdout.write(verdict.text())
+        if not verdict.passed:
+            crossed = sum(c.crossed for c in verdict.checks)
+            raise CommandError(f"Release blocked: {crossed} threshold(s) crossed.", returncode=1)
 
     def _checkpoint(self, name: str, role: str) -> Checkpoint:
         found = Checkpoint.objects.filter(name=name).first()

@@ -1,0 +1,26 @@
+"""Number formats for exports: shares as percentages, nats with two decimals."""
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def pct(value) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+@register.filter
+def nats(value) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+@register.filter
+def interval(score, kind: str = "nats") -> str:
+    """'54% (43% to 65%), n=72' or '+0.25 (−0.10 to +0.60), n=60' from a score dict."""
+    if not score:
+        return "–"
+    fmt = pct if kind == "pct" else nats
+    low, high = score.get("ci_low"), score.get("ci_high")
+    bounds = f" ({fmt(low)} to {fmt(high)})" if low is not None and high is not None else ""
+    return f"{fmt(score['value'])}{bounds}, n={score['n']}"
