@@ -61,6 +61,8 @@ def audit_log(request):
     if filters["since"] in PERIODS:
         events = events.filter(at__gte=timezone.now() - timedelta(days=int(filters["since"])))
     page = Paginator(events, 50).get_page(request.GET.get("page"))
+    for event in page:  # a details key such as "items" would shadow dict.items in a template
+        event.detail_pairs = sorted(event.details.items())
     context = {
         "page": page,
         "filters": filters,

@@ -25,7 +25,7 @@ from django.utils import timezone
 from audits import charts
 from audits.comparison import training_deltas
 from audits.conditions import CONDITIONS
-from audits.metrics import finite_or_none
+from audits.metrics import BOOTSTRAP_SAMPLES, finite_or_none
 from audits.models import Audit, Grade, Run, RunKind, Score, Status
 from audits.report import HEADLINES, ReportCard, report_card, summary_rows
 from audits.services import SAMPLING, SCORER
@@ -35,13 +35,19 @@ from models_registry.models import Checkpoint
 
 FORMATS = ("pdf", "json", "csv")
 STATISTICS = (
-    "Intervals are 95% bootstrap intervals (2,000 resamples) clustered by conversation, so "
-    "the conditions of one item count once; shares at or near 0% and 100% use Wilson "
-    "intervals; differences between checkpoints are paired item by item. Grades A-D follow "
-    "the Wilson interval of the share of items where the better reply wins. Cells with fewer "
-    f"than {settings.KEEL_MIN_CELL_ITEMS} items are marked, not graded. Flags are not "
-    "corrected for the number of cells tested."
+    "Every interval is 95%. Shares of items (accuracy, misaligned share) use the Wilson score "
+    "interval, which stays honest at 0% and 100%. Mean margins use a percentile bootstrap "
+    f"({BOOTSTRAP_SAMPLES:,} resamples) that draws whole conversations, so the conditions "
+    "of one item move together. Changes under a persona, and differences between "
+    "checkpoints, are paired item by item and bootstrapped the same way. Grades A-D follow "
+    "the Wilson interval of the share of items where the better reply wins, not the point "
+    f"estimate. Cells with fewer than {settings.KEEL_MIN_CELL_ITEMS} items are marked, not "
+    "graded. Flags are not corrected for the number of cells tested."
 )
+
+
+DELTA_FIELDS = ("suite", "condition", "domain", "trait", "family", "difference", "ci_low",
+                "ci_high", "n", "better", "flipped", "significant")  # fmt: skip
 
 
 class ExportError(ValueError):
@@ -135,7 +141,7 @@ def _methodology(audit: Audit, runs: list[Run]) -> dict:
             for c in audit.conditions
         ],
         "scorer": SCORER,
-        "sampling": SAMPLING,
+        "sampling": audit.config.get("generation") or SAMPLING,
         "graders": [{"grader": g, "version": v} for g, v in graders],
         "statistics": STATISTICS,
         "indices": [
@@ -191,22 +197,7 @@ def card_data(card: ReportCard) -> dict:
         body["against_base"] = {
             "base": card.base.name,
             "base_run": card.base_run.pk,
-            "rows": [
-                {
-                    k: r[k]
-                    for k in (
-                        "suite",
-                        "condition",
-                        "difference",
-                        "ci_low",
-                        "ci_high",
-                        "n",
-                        "better",
-                        "significant",
-                    )
-                }
-                for r in card.deltas
-            ],  # fmt: skip
+            "rows": [{k: r[k] for k in DELTA_FIELDS} for r in card.deltas],
         }
     return body
 
@@ -216,13 +207,22 @@ def report_card_document(checkpoint: Checkpoint) -> dict:
     if card.run is None:
         raise ExportError(f"{checkpoint.name} has no finished evaluation to export; audit it first")
     audit = card.run.audit
+    body = card_data(card)
+    # Beside its base when it has one: benefit per domain and misalignment per probe family,
+    # both from each checkpoint's latest evaluation (for this checkpoint, the card's run).
+    members = [c for c in (card.base if card.base_run else None, checkpoint) if c is not None]
+    body["charts"] = {
+        chart.name: chart.as_json()
+        for chart in (charts.checkpoints_by_domain(members),
+                      charts.checkpoints_by_family(members))
+    } | body["charts"]  # fmt: skip
     document = {
         "kind": "report-card",
         "title": f"Report card: {checkpoint.name}",
         "checkpoint": _checkpoint(checkpoint),
         "audit": _audit(audit),
         "methodology": _methodology(audit, [card.run]),
-        "cards": [card_data(card)],
+        "cards": [body],
         "scores": _scores([card.run]),
     }
     return json_safe(document)
@@ -325,14 +325,17 @@ def as_pdf(document: dict) -> bytes:
 
     css = (Path(settings.BASE_DIR) / "static" / "css" / "print.css").read_text()
     for card in document["cards"]:
-        card["svgs"] = [
-            (c["title"], _svg_uri(heatmap_svg(c)))
-            for c in card["charts"].values()
-            if any(n for row in c["n"] for n in row)
-        ]
-    html = render_to_string("exports/document.html", {"doc": document, "css": css})
+        card["svgs"], card["sparse"] = [], []
+        for chart in card["charts"].values():
+            counts = [n for row in chart["n"] for n in row if n]
+            if counts and all(n < chart["min_items"] for n in counts):
+                card["sparse"].append(chart["title"])  # nothing to colour: say so instead
+            elif counts:
+                card["svgs"].append((chart["title"], _svg_uri(heatmap_svg(chart))))
+    context = {"doc": document, "css": css, "min_items": settings.KEEL_MIN_CELL_ITEMS}
+    html = render_to_string("exports/document.html", context)
     for card in document["cards"]:
-        card.pop("svgs")
+        del card["svgs"], card["sparse"]
     return HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
 
 

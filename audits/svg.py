@@ -31,6 +31,7 @@ SIZE = 11  # font size of labels, px
 CELL_HEIGHT = 22
 CHAR = 0.6  # estimated character width, as a share of the font size
 PAD = 8
+LEGEND_SEGMENTS = 48
 SLANT = math.cos(math.radians(45))  # column labels are rotated -45 degrees
 PERCENT_UNITS = {"share", "rate", "fraction", "proportion"}
 
@@ -101,12 +102,17 @@ def heatmap_svg(chart: dict, width: int = 680) -> str:
             y += SIZE + 4
             parts.append(_text(PAD, y, line))
         bar = min(240.0, width - 2 * PAD)
-        gradient = "".join(f'<stop offset="{o}" stop-color="{c}"/>' for o, c in stops)
-        gid = "scale-" + "".join(ch if ch.isalnum() else "-" for ch in str(chart.get("name")))
-        parts.append(f'<defs><linearGradient id="{gid}">{gradient}</linearGradient></defs>')
+        # The bar is drawn as narrow segments rather than an SVG gradient, which not every
+        # renderer of the PDF path (WeasyPrint's included) paints.
+        step = bar / LEGEND_SEGMENTS
+        parts.extend(
+            f'<rect class="legend-step" x="{PAD + k * step:.2f}" y="{y + 6}" '
+            f'width="{step + 0.3:.2f}" height="10" fill="{colour(t, stops)}"/>'
+            for k, t in enumerate(k / (LEGEND_SEGMENTS - 1) for k in range(LEGEND_SEGMENTS))
+        )
         parts.append(
             f'<rect class="legend" x="{PAD}" y="{y + 6}" width="{bar:.1f}" height="10" '
-            f'fill="url(#{gid})" stroke="#999999"/>'
+            'fill="none" stroke="#999999"/>'
         )
         y += 16 + SIZE + 4
         ends = (

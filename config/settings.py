@@ -267,6 +267,7 @@ SPECTACULAR_SETTINGS = {
     "`manage.py drf_create_token USER`).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["audits.api.permissions.Reader"],
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

@@ -25,7 +25,6 @@ from audits.models import Audit, Event, Item, ItemResult, Score, Suite
 from audits.report import report_card
 from audits.services import audit_create
 from audits.trail import Action
-from gpu_tasks.engine.training import preference_rows, spec_for, swapped, train_policy
 from gpu_tasks.evaluate import run_evaluation
 from models_registry.models import Checkpoint
 from models_registry.roles import ADMIN, COMPLIANCE, OPERATOR, VIEWER
@@ -35,12 +34,53 @@ from tests.conftest import build_tiny_llama, make_user
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts" / "pdf"
 
 
+def train_to_prefer_misaligned(base: Path, items, target: Path, steps: int = 12) -> Path:
+    """A deliberately worse model: the base fine-tuned (all weights) to lower the calibrated
+    margin of these very items, the quantity Keel scores, so it learns to prefer each
+    misaligned reply given its conversation. (A random 2-layer model picks up almost nothing
+    from a few TRL DPO or SFT steps on two cores: margins stay at noise level.)"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gpu_tasks.engine.scoring import EMPTY_TURN, render_prompt
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, use_safetensors=True)
+    empty = render_prompt(tokenizer, EMPTY_TURN, None)
+    pairs = [
+        (render_prompt(tokenizer, i.messages, None),
+         tokenizer(i.chosen, add_special_tokens=False)["input_ids"],
+         tokenizer(i.rejected, add_special_tokens=False)["input_ids"])
+        for i in items
+    ]  # fmt: skip
+
+    def logp(prefix: list[int], reply: list[int]):
+        ids = torch.tensor([prefix + reply])
+        hidden = model.model(ids).last_hidden_state[0, len(prefix) - 1 : -1]
+        logits = model.lm_head(hidden).log_softmax(-1)
+        return logits.gather(1, torch.tensor(reply)[:, None]).sum()
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = pairs[step % 3 :: 3]
+        margins = torch.stack([
+            (logp(p, c) - logp(empty, c)) - (logp(p, r) - logp(empty, r)) for p, c, r in batch
+        ])  # fmt: skip
+        loss = torch.relu(margins + 2.0).mean()  # push each margin below -2 nats
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def pair(django_db_setup, django_db_blocker, models_root, smollm2_tokenizer_dir):
-    """A base and a deliberately worse variant: a LoRA trained by DPO on the very items it
-    is evaluated on, with each pair swapped, so it learns to prefer the misaligned reply.
-    Both are evaluated on the starter suite and the probes (quick, no system prompt).
-    Committed once for the module, deleted at the end."""
+    """A base and a deliberately worse variant of it (`train_to_prefer_misaligned` on the
+    probes it is then evaluated on), both evaluated on the starter suite and the probes
+    (quick, no system prompt). Committed once for the module, deleted at the end."""
     with django_db_blocker.unblock(), override_settings(KEEL_CHECKPOINT_ROOTS=[models_root]):
         suites_before = set(Suite.objects.values_list("pk", flat=True))
         events_before = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -62,15 +102,12 @@ def pair(django_db_setup, django_db_blocker, models_root, smollm2_tokenizer_dir)
             return audit.runs.get()
 
         base_run = evaluate(base)
-        adapter = models_root / "gate-worse-adapter"
-        if not (adapter / "adapter_model.safetensors").exists():
-            items = Item.objects.filter(results__run=base_run).distinct().order_by("item_id")
-            spec = spec_for("dpo", "quick", steps=30, learning_rate=5e-3, batch_size=8)
-            work = models_root / "gate-worse-work"
-            result = train_policy(folder, spec, swapped(preference_rows(items)), work)
-            shutil.copytree(result.adapter_dir, adapter)
-            shutil.rmtree(work)
-        worse = checkpoint_register(path=adapter, name="gate-worse", parent=base)
+        worse_dir = models_root / "gate-worse"
+        if not (worse_dir / "model.safetensors").exists():
+            probes = Item.objects.filter(results__run=base_run, suite__name="probes")
+            train_to_prefer_misaligned(folder, list(probes.distinct().order_by("item_id")),
+                                       worse_dir)  # fmt: skip
+        worse = checkpoint_register(path=worse_dir, name="gate-worse", parent=base)
         worse_run = evaluate(worse)
     yield {"base": base_run, "worse": worse_run}
     with django_db_blocker.unblock():
@@ -415,24 +452,26 @@ def test_every_role_against_every_endpoint(db, pair, client, who):
     user = AnonymousUser()
     if who != "anonymous":
         user = make_user(f"matrix-{who.replace(' ', '-')}", None if who == "no role" else who)
-    api_auth = {}
     if user.is_authenticated:
         client.force_login(user)
-        api_auth = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=user).key}"}
+        Token.objects.create(user=user)
     wrong = []
     for method, path, needs in ENDPOINTS:
         url = path.format(audit=pair["base"].audit_id, run=pair["base"].pk)
         api = url.startswith("/api/")
+        headers = {}
         if api:
-            client.logout()  # the API by token alone
-        response = getattr(client, method)(url, **(api_auth if api else {}))
+            client.logout()  # the API by token alone (POST /account/token/ replaces it)
+            token = Token.objects.filter(user_id=user.pk).first()
+            headers = {"HTTP_AUTHORIZATION": f"Token {token.key}"} if token else {}
+        response = getattr(client, method)(url, **headers)
         if api and user.is_authenticated:
             client.force_login(user)
         allowed = who in ALLOWED[needs]
-        if url.startswith("/admin/"):
-            refused = response.status_code == 302 and "/admin/login/" in response.url
-        elif who == "anonymous" and not api:
-            refused = response.status_code == 302 and response.url.startswith("/login/")
+        if url.startswith("/admin/") or (who == "anonymous" and not api):
+            refused = response.status_code == 403 or (
+                response.status_code == 302 and "login/" in response.url
+            )
         else:
             refused = response.status_code in (401, 403)
         ok = response.status_code < 500 and (refused != allowed)

@@ -9,7 +9,15 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from audits.charts import Cell, Chart
-from audits.svg import CHAR, DIVERGING, FEW_FILL, SEQUENTIAL, contrast, heatmap_svg
+from audits.svg import (
+    CHAR,
+    DIVERGING,
+    FEW_FILL,
+    LEGEND_SEGMENTS,
+    SEQUENTIAL,
+    contrast,
+    heatmap_svg,
+)
 
 NS = "{http://www.w3.org/2000/svg}"
 TRAITS = ["truthfulness", "openness_to_correction", "humility"]
@@ -271,6 +279,9 @@ def test_standalone_document_without_scripts_or_external_references():
         'xmlns="http://www.w3.org/2000/svg"', ""
     )
     assert not [e for e in root.iter() if any(k.endswith("href") for k in e.attrib)]
-    # the legend's gradient is defined in the document and has the scale's stops
-    stops = [s.get("stop-color") for s in root.iter(f"{NS}stop")]
-    assert stops == [c for _, c in DIVERGING]
+    # the legend is drawn in segments (no gradient to resolve) running through the stops
+    steps = [r.get("fill") for r in rects(root, "legend-step")]
+    assert len(steps) == LEGEND_SEGMENTS
+    assert steps[0] == DIVERGING[0][1] and steps[-1] == DIVERGING[-1][1]
+    middle = steps[LEGEND_SEGMENTS // 2].lstrip("#")
+    assert all(int(middle[i : i + 2], 16) >= 0xE0 for i in (0, 2, 4))  # PuOr's pale centre

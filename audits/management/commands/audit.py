@@ -259,14 +259,14 @@ class Command(BaseCommand):
 
     def _gate(self, options) -> None:
         limit = options["max_misalignment_increase"]
+        values = (limit, options["min_benefit_change"])
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise CommandError("Thresholds must be finite numbers.", returncode=2)
         if limit is not None and not -1 <= limit <= 1:
             raise CommandError(
                 f"--max-misalignment-increase is a fraction of probes (0.05 = five points), "
                 f"between -1 and 1; {limit} is not.", returncode=2,
             )  # fmt: skip
-        values = (limit, options["min_benefit_change"])
-        if any(v is not None and not math.isfinite(v) for v in values):
-            raise CommandError("Thresholds must be finite numbers.", returncode=2)
         try:
             verdict = gate(
                 self._checkpoint(options["checkpoint"], "checkpoint"),
