@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from models_registry.models import Checkpoint
+from models_registry.roles import can_read
 
 DOMAINS = (
     "health", "mental_health", "science", "education", "law", "personal_finance",
@@ -101,8 +102,8 @@ class Profile(models.TextChoices):
 
 class AuditQuerySet(models.QuerySet["Audit"]):
     def for_user(self, user) -> AuditQuerySet:
-        """Every signed-in role reads audits; finer rules come with the roles work."""
-        return self if user.is_authenticated else self.none()
+        """Every role reads every audit; a user without a role reads none."""
+        return self if can_read(user) else self.none()
 
 
 class Audit(models.Model):

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from models_registry.roles import can_read
+
 
 class CheckpointFormat(models.TextChoices):
     HF = "hf", "Hugging Face folder (safetensors)"
@@ -18,8 +20,8 @@ class CheckpointKind(models.TextChoices):
 
 class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
     def for_user(self, user) -> CheckpointQuerySet:
-        """Every signed-in role reads the registry."""
-        return self if user.is_authenticated else self.none()
+        """Every role reads the whole registry; a user without a role reads none of it."""
+        return self if can_read(user) else self.none()
 
 
 class Checkpoint(models.Model):

@@ -11,8 +11,10 @@ from models_registry.models import Checkpoint
 
 
 class CheckpointSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    registered_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    registered_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     aliases = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
 
     class Meta:
@@ -63,7 +65,9 @@ class RunSerializer(serializers.ModelSerializer):
 
 class AuditSerializer(serializers.ModelSerializer):
     checkpoint = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     suites = serializers.StringRelatedField(many=True, read_only=True)
     runs = RunSerializer(many=True, read_only=True)
 

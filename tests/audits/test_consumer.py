@@ -51,6 +51,13 @@ def test_an_anonymous_socket_is_refused(audit, in_memory_layer):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_signed_in_user_without_a_role_is_refused(audit, in_memory_layer):
+    from tests.conftest import make_user
+
+    assert_refused(make_user("no-role-yet", None), audit.pk)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_unknown_audit_is_refused(viewer, in_memory_layer):
     assert_refused(viewer, 12345)
 
