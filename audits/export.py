@@ -321,7 +321,13 @@ def as_csv(document: dict) -> str:
 
 
 def as_pdf(document: dict) -> bytes:
-    from weasyprint import HTML
+    try:
+        from weasyprint import HTML
+    except OSError as exc:  # WeasyPrint is installed, but the system's Pango is missing
+        raise ExportError(
+            "PDF export needs the Pango library on this machine (Debian: apt-get install "
+            f"libpango-1.0-0 libpangoft2-1.0-0); JSON and CSV work without it ({exc})"
+        ) from None
 
     css = (Path(settings.BASE_DIR) / "static" / "css" / "print.css").read_text()
     for card in document["cards"]:

@@ -102,8 +102,8 @@ def heatmap_svg(chart: dict, width: int = 680) -> str:
             y += SIZE + 4
             parts.append(_text(PAD, y, line))
         bar = min(240.0, width - 2 * PAD)
-        # The bar is drawn as narrow segments rather than an SVG gradient, which not every
-        # renderer of the PDF path (WeasyPrint's included) paints.
+        # The bar is drawn as narrow segments rather than an SVG gradient, which WeasyPrint 70
+        # left blank.
         step = bar / LEGEND_SEGMENTS
         parts.extend(
             f'<rect class="legend-step" x="{PAD + k * step:.2f}" y="{y + 6}" '

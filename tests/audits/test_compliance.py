@@ -309,9 +309,20 @@ def _pdf_text(path: Path) -> str:
     ).stdout
 
 
+def _pango_missing() -> bool:
+    try:
+        import weasyprint  # noqa: F401
+    except OSError:
+        return True
+    return False
+
+
 @pytest.mark.skipif(
     shutil.which("pdftoppm") is None,
     reason="poppler-utils is not installed: apt-get install -y poppler-utils",
+)
+@pytest.mark.skipif(
+    _pango_missing(), reason="Pango is not installed: apt-get install -y libpangoft2-1.0-0"
 )
 def test_the_pdf_report_card_is_complete_vector_and_rendered_to_png(db, pair, compliance, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
