@@ -150,6 +150,12 @@ def _methodology(audit: Audit, runs: list[Run]) -> dict:
     }
 
 
+def _graded(row: dict, name: str, main: str) -> dict:
+    """A row of the card's domain or family table."""
+    return {name: row[name], "grade": row["grade"][0], main: _score(row[main]),
+            "margin": _score(row["margin"]), "steering_shift": _score(row["shift"])}  # fmt: skip
+
+
 def card_data(card: ReportCard) -> dict:
     run = card.run
     body = {
@@ -162,26 +168,8 @@ def card_data(card: ReportCard) -> dict:
             "attempts": run.attempts,
         },  # fmt: skip
         "indices": [asdict(i) for i in card.indicators],
-        "domains": [
-            {
-                "domain": d["domain"],
-                "grade": d["grade"][0],
-                "accuracy": _score(d["accuracy"]),
-                "margin": _score(d["margin"]),
-                "steering_shift": _score(d["shift"]),
-            }
-            for d in card.domains
-        ],  # fmt: skip
-        "families": [
-            {
-                "family": f["family"],
-                "grade": f["grade"][0],
-                "misaligned": _score(f["misaligned"]),
-                "margin": _score(f["margin"]),
-                "steering_shift": _score(f["shift"]),
-            }
-            for f in card.families
-        ],  # fmt: skip
+        "domains": [_graded(d, "domain", "accuracy") for d in card.domains],
+        "families": [_graded(f, "family", "misaligned") for f in card.families],
         "flags": card.flags,
         "against_base": None,
         "charts": {
@@ -293,20 +281,20 @@ def audit_document(audit: Audit) -> dict:
     return json_safe(document)
 
 
-def _scores(runs: list[Run]) -> list[dict]:
-    rows = Score.objects.filter(run__in=runs).select_related("checkpoint", "suite")
-    return [
-        {"checkpoint": s.checkpoint.name, "run": s.run_id, "suite": s.suite.name,
-         "suite_version": s.suite.version, "domain": s.domain, "trait": s.trait,
-         "family": s.family, "condition": s.condition, "metric": s.metric, "value": s.value,
-         "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n}
-        for s in rows.order_by("run_id", "suite__name", "condition", "metric", "domain",
-                               "trait", "family")
-    ]  # fmt: skip
-
-
 SCORE_COLUMNS = ("checkpoint", "run", "suite", "suite_version", "domain", "trait", "family",
                  "condition", "metric", "value", "ci_low", "ci_high", "n")  # fmt: skip
+
+
+def _scores(runs: list[Run]) -> list[dict]:
+    """Every score of the runs as plain rows (values, not model objects: a full run has
+    thousands, and building each with its checkpoint and suite took most of an export)."""
+    rows = Score.objects.filter(run__in=runs).order_by(
+        "run_id", "suite__name", "condition", "metric", "domain", "trait", "family"
+    )
+    paths = {"checkpoint": "checkpoint__name", "run": "run_id", "suite": "suite__name",
+             "suite_version": "suite__version"}  # fmt: skip
+    values = rows.values_list(*(paths.get(c, c) for c in SCORE_COLUMNS))
+    return [dict(zip(SCORE_COLUMNS, row, strict=True)) for row in values]
 
 
 def as_csv(document: dict) -> str:

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +33,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dashboard_load as dl  # noqa: E402  (the seeded database and its settings)
+
+
+def pdf_pages(pdf: bytes) -> int | None:
+    """Pages, by poppler's pdfinfo when installed."""
+    if shutil.which("pdfinfo") is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as f:
+        f.write(pdf)
+        f.flush()
+        info = subprocess.run(["pdfinfo", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"^Pages:\s+(\d+)", info, re.M)
+    return int(found.group(1)) if found else None
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -46,6 +61,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", type=Path, metavar="FILE", help="write the report card PDF here")
     parser.add_argument(
         "--database-url", default=f"postgres://postgres@127.0.0.1:5432/{dl.DATABASE}"
     )
@@ -92,10 +108,12 @@ def main() -> int:
         )
         if fmt == "pdf":
             pdf = content
+            if args.keep:
+                args.keep.write_bytes(pdf)
     rows["audit PDF"], _ = timed(lambda: export(audit_document(audit), "pdf", audit, user),
                                  args.repeats)  # fmt: skip
     baseline = rows["report card page (HTML), baseline"]
-    pages = pdf.count(b"/Type /Page\n") or pdf.count(b"/Type/Page") or None
+    pages = pdf_pages(pdf)
     result = {
         "checkpoint": name,
         "scores": sum(1 for _ in document["scores"]),

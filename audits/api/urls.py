@@ -28,5 +28,5 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     *router.urls,
     # Anything else under /api/v1/ gets JSON, as API clients expect, not the site's HTML page.
-    re_path(r"(?s)^.*$", no_endpoint),  # (?s): a path may hold a newline
+    re_path(r"^[\s\S]*$", no_endpoint),  # [\s\S], not ".": a path may hold a newline
 ]

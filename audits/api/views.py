@@ -30,7 +30,6 @@ from audits.report import report_card
 from audits.services import audit_cancel, audit_create, audit_retry
 from audits.suite_io import SuiteError, check_size, parse_file, suite_store
 from audits.trail import Action
-from models_registry.inspection import CheckpointError
 from models_registry.models import Checkpoint
 from models_registry.services import checkpoint_register
 
@@ -48,6 +47,17 @@ FILE = {
 def _sentence(exc: Exception) -> str:
     text = str(exc).rstrip(".")
     return f"{text[:1].upper()}{text[1:]}."
+
+
+def _create(request, serializer_class, service):
+    """Validate the body, then call the service that pages and commands use too; its
+    refusals (CheckpointError is a ValueError) become 400s with its message."""
+    data = serializer_class(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        return service(**data.validated_data, user=request.user)
+    except ValueError as exc:
+        raise ValidationError({"detail": _sentence(exc)}) from None
 
 
 def _file(request, build, obj, fmt: str) -> HttpResponse:
@@ -89,12 +99,7 @@ class CheckpointViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(request=s.CheckpointRegisterSerializer, responses={201: s.CheckpointSerializer})
     def create(self, request, *args, **kwargs):
-        data = s.CheckpointRegisterSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            checkpoint = checkpoint_register(**data.validated_data, user=request.user)
-        except CheckpointError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+        checkpoint = _create(request, s.CheckpointRegisterSerializer, checkpoint_register)
         return Response(s.CheckpointSerializer(checkpoint).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
@@ -188,12 +193,7 @@ class AuditViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(request=s.AuditCreateSerializer, responses={201: s.AuditSerializer})
     def create(self, request, *args, **kwargs):
-        data = s.AuditCreateSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            audit = audit_create(**data.validated_data, user=request.user)
-        except ValueError as exc:
-            raise ValidationError({"detail": _sentence(exc)}) from None
+        audit = _create(request, s.AuditCreateSerializer, audit_create)
         return Response(s.AuditSerializer(self.get_queryset().get(pk=audit.pk)).data,
                         status=status.HTTP_201_CREATED)  # fmt: skip
 
