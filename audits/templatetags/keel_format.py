@@ -16,11 +16,13 @@ def nats(value) -> str:
 
 
 @register.filter
-def interval(score, kind: str = "nats") -> str:
-    """'54% (43% to 65%), n=72' or '+0.25 (−0.10 to +0.60), n=60' from a score dict."""
+def interval(score, style: str = "nats") -> str:
+    """'54% (43% to 65%), n=72' or '+0.25 (-0.10 to +0.60), n=60' from a score dict;
+    style "pct" or "nats", and ",bare" to leave out n (when a column gives it)."""
     if not score:
         return "–"
+    kind, _, bare = style.partition(",")
     fmt = pct if kind == "pct" else nats
     low, high = score.get("ci_low"), score.get("ci_high")
     bounds = f" ({fmt(low)} to {fmt(high)})" if low is not None and high is not None else ""
-    return f"{fmt(score['value'])}{bounds}, n={score['n']}"
+    return f"{fmt(score['value'])}{bounds}" + ("" if bare else f", n={score['n']}")

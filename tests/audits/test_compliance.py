@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -309,6 +310,19 @@ def _pdf_text(path: Path) -> str:
     ).stdout
 
 
+def _past_the_margin(path: Path) -> list[str]:
+    """Words of the PDF's text layer that reach into the right margin or off the page
+    (pdftotext's word boxes; the margins are 15 mm, about 42 points)."""
+    boxes = subprocess.run(
+        ["pdftotext", "-bbox", str(path), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    width = float(re.search(r'<page width="([\d.]+)"', boxes).group(1))
+    words = re.findall(r'<word xMin="[\d.]+" yMin="[\d.]+" xMax="([\d.]+)"[^>]*>([^<]*)</word>',
+                       boxes)  # fmt: skip
+    assert words, "no text found"
+    return [text for x_max, text in words if float(x_max) > width - 40]
+
+
 def _pango_missing() -> bool:
     try:
         import weasyprint  # noqa: F401
@@ -362,6 +376,7 @@ def test_the_pdf_report_card_is_complete_vector_and_rendered_to_png(db, pair, co
     # Long hashes wrap rather than run off the page: every character is there.
     assert document["sha256"] in flat and document["checkpoint"]["fingerprint"] in flat
     assert "cora-compliance" in text
+    assert _past_the_margin(target) == []
     # The heatmaps are vector drawings: the PDF holds no raster image at all.
     images = subprocess.run(
         ["pdfimages", "-list", str(target)], capture_output=True, text=True, check=True
@@ -374,6 +389,27 @@ def test_the_pdf_report_card_is_complete_vector_and_rendered_to_png(db, pair, co
     assert len(pages) >= 3
     assert f"Wrote {target}" in out.getvalue()
     assert Event.objects.filter(action=Action.EXPORT, details__format="pdf").exists()
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="apt-get install -y poppler-utils")
+@pytest.mark.skipif(_pango_missing(), reason="apt-get install -y libpangoft2-1.0-0")
+def test_the_audit_pdf_holds_every_summary_row_within_the_page(db, pair, compliance, client):
+    client.force_login(compliance)
+    response = client.get(f"/audits/{pair['worse'].audit_id}/export.pdf")
+    assert response.status_code == 200 and response["Content-Type"] == "application/pdf"
+    target = ARTIFACTS / "audit-gate-worse.pdf"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(response.content)
+    flat = _pdf_text(target).replace("\n", "").replace(" ", "")
+    document = json.loads(client.get(f"/audits/{pair['worse'].audit_id}/export.json").content)
+    for row in document["summary"]:
+        shown = row["misaligned_rate"] or row["margin"]
+        if row["misaligned_rate"]:
+            text = f"{shown['value']:.0%}({shown['ci_low']:.0%}to{shown['ci_high']:.0%})"
+        else:
+            text = f"{shown['value']:+.2f}({shown['ci_low']:+.2f}to{shown['ci_high']:+.2f})"
+        assert text in flat, (row, text)
+    assert _past_the_margin(target) == []
 
 
 def test_the_export_command_refuses_bad_input(db, pair, viewer, tmp_path):
