@@ -28,8 +28,12 @@ schema.app = get_wsgi_application()
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]  # fmt: skip
+# Derandomized: CI explores the same cases every run, so a red run means a change, not luck.
+# (A random run found the time-zone offset fault tested below; raise max_examples and drop
+# derandomize to explore further by hand.)
 FUZZ = settings(
     max_examples=15,
+    derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.filter_too_much],
@@ -76,3 +80,14 @@ def test_as_an_admin_the_api_never_errors_and_keeps_to_its_schema(case, admin_he
 @FUZZ
 def test_as_a_viewer_the_api_refuses_writes_without_errors(case, viewer_headers):
     case.call_and_validate(headers=viewer_headers, checks=CHECKS)
+
+
+@pytest.mark.parametrize("offset", ["%2B16:15", "-23:59"])
+def test_a_time_filter_with_an_offset_postgresql_refuses_is_moved_to_utc(db, client, offset):
+    token = Token.objects.create(user=make_user("vera-viewer", "viewer"))
+    auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    for path in ("/api/v1/audits/?created_after=", "/api/v1/events/?since="):
+        response = client.get(f"{path}2026-07-18T12:00:52{offset}", **auth)
+        assert response.status_code in (200, 403), response.content  # events: compliance only
+    response = client.get("/api/v1/audits/?created_after=0001-01-01T00:00:00%2B16:00", **auth)
+    assert response.status_code == 400 and "out of range" in response.json()["detail"]
