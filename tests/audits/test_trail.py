@@ -21,15 +21,25 @@ def _raw(sql: str, params: list) -> None:
         cursor.execute(sql.replace("TABLE", Event._meta.db_table), params)
 
 
-def test_each_event_links_to_the_one_before_it(db, django_user_model):
+@pytest.fixture
+def start(db) -> dict:
+    """Where the log stood before the test (and before the fixtures listed after this one):
+    modules that commit their data, and the worker tests, leave their events in it."""
+    last = Event.objects.order_by("-id").first()
+    return {"id": last.pk if last else 0, "events": Event.objects.count(),
+            "head": last.hash if last else GENESIS}  # fmt: skip
+
+
+def test_each_event_links_to_the_one_before_it(start, django_user_model):
     otto = django_user_model.objects.create_user("otto-operator")
     first = record(Action.EXPORT, details={"n": 1}, actor=otto)
     second = record(Action.EXPORT, details={"n": 2})
-    assert first.prev_hash == GENESIS and second.prev_hash == first.hash
+    assert first.prev_hash == start["head"] and second.prev_hash == first.hash
     assert first.hash == event_hash(Event.objects.get(pk=first.pk))  # survives a round trip
     assert first.actor_name == "otto-operator" and second.actor_name == ""
     verdict = verify()
-    assert verdict.intact and verdict.events == 2 and verdict.head == second.hash
+    assert verdict.intact and verdict.events == start["events"] + 2
+    assert verdict.head == second.hash
 
 
 def test_keel_cannot_edit_or_delete_events(db):
@@ -46,14 +56,15 @@ def test_keel_cannot_edit_or_delete_events(db):
     assert Event.objects.get(pk=event.pk).details == {"n": 1}
 
 
-def test_verify_reports_the_first_altered_row(db, capsys):
+def test_verify_reports_the_first_altered_row(start, capsys):
     events = [record(Action.EXPORT, details={"n": i}) for i in range(5)]
     call_command("auditlog", "verify")
-    assert "intact: 5 event(s)" in capsys.readouterr().out
+    assert f"intact: {start['events'] + 5} event(s)" in capsys.readouterr().out
     _raw("UPDATE TABLE SET details = %s WHERE id = %s", ['{"n": 99}', events[2].pk])
     _raw("UPDATE TABLE SET actor_name = %s WHERE id = %s", ["mallory", events[3].pk])
     verdict = verify()
-    assert not verdict.intact and verdict.broken.pk == events[2].pk and verdict.events == 2
+    assert not verdict.intact and verdict.broken.pk == events[2].pk
+    assert verdict.events == start["events"] + 2
     assert "altered" in verdict.problem
     with pytest.raises(CommandError, match=f"event {events[2].pk} .* was altered") as raised:
         call_command("auditlog", "verify")
@@ -76,7 +87,7 @@ def test_verify_reports_a_deleted_row_and_a_cut_off_end(db):
 
 
 def test_actions_are_recorded_with_actor_object_and_details(
-    db, operator, tiny_checkpoint, starter_suite, client
+    start, operator, tiny_checkpoint, starter_suite, client
 ):
     audit = audit_create(
         checkpoint=tiny_checkpoint, suites=[starter_suite], user=operator, samples=0
@@ -89,7 +100,9 @@ def test_actions_are_recorded_with_actor_object_and_details(
     operator.groups.remove(Group.objects.get(name=OPERATOR))
     client.post(reverse("login"), {"username": "otto-operator", "password": "wrong"})
     rows = list(
-        Event.objects.order_by("id").values_list("action", "actor_name", "object_type", "object_id")
+        Event.objects.filter(id__gt=start["id"])
+        .order_by("id")
+        .values_list("action", "actor_name", "object_type", "object_id")
     )
     assert rows == [
         (Action.ROLE_CHANGE, "", "user", str(operator.pk)),  # the fixture made otto an operator
@@ -102,10 +115,11 @@ def test_actions_are_recorded_with_actor_object_and_details(
         (Action.ROLE_CHANGE, "", "user", str(operator.pk)),
         (Action.LOGIN_FAILED, "otto-operator", "", ""),
     ]
-    queued = Event.objects.get(action=Action.QUEUE)
+    mine = Event.objects.filter(id__gt=start["id"])
+    queued = mine.get(action=Action.QUEUE)
     assert queued.details["config_hash"] == audit.config_hash
     assert queued.details["fingerprint"] == tiny_checkpoint.fingerprint
-    roles = Event.objects.filter(action=Action.ROLE_CHANGE).order_by("id")
+    roles = mine.filter(action=Action.ROLE_CHANGE).order_by("id")
     assert [e.details for e in roles] == [
         {"added": [OPERATOR]},
         {"added": [COMPLIANCE]},
@@ -114,7 +128,7 @@ def test_actions_are_recorded_with_actor_object_and_details(
     assert verify().intact
 
 
-def test_a_role_change_through_the_admin_names_the_admin(db, site_admin, viewer, client):
+def test_a_role_change_through_the_admin_names_the_admin(start, site_admin, viewer, client):
     client.force_login(site_admin)
     response = client.post(
         reverse("admin:auth_user_change", args=[viewer.pk]),
@@ -129,14 +143,16 @@ def test_a_role_change_through_the_admin_names_the_admin(db, site_admin, viewer,
         },
     )
     assert response.status_code == 302, response.content[:2000]
-    changes = Event.objects.filter(action=Action.ROLE_CHANGE, object_id=str(viewer.pk))
+    changes = Event.objects.filter(
+        id__gt=start["id"], action=Action.ROLE_CHANGE, object_id=str(viewer.pk)
+    )
     details = [(e.actor_name, e.details) for e in changes.order_by("id")]
     assert ("ada-admin", {"added": [OPERATOR]}) in details
     assert ("ada-admin", {"removed": ["viewer"]}) in details
 
 
-def test_the_log_page_is_for_compliance_and_filters(db, compliance, viewer, client):
-    record(Action.EXPORT, details={"subject": "one"})
+def test_the_log_page_is_for_compliance_and_filters(start, compliance, viewer, client):
+    export = record(Action.EXPORT, details={"subject": "one"})
     record(Action.LOGIN_FAILED, details={"username": "x"}, name="x")
     client.force_login(viewer)
     assert client.get(reverse("auditlog")).status_code == 403
@@ -144,7 +160,8 @@ def test_the_log_page_is_for_compliance_and_filters(db, compliance, viewer, clie
     page = client.get(reverse("auditlog"), {"action": Action.EXPORT}).content.decode()
     assert "one" in page and "login.failed</code>" not in page
     page = client.get(reverse("auditlog"), {"verify": "1"}).content.decode()
-    assert "Chain intact: 4 events" in page  # the two fixtures' role changes, and these
-    _raw("UPDATE TABLE SET details = %s WHERE action = %s", ['{"subject": "two"}', "export"])
+    total = start["events"] + 4  # the two fixtures' role changes, and these two
+    assert f"Chain intact: {total} events" in page
+    _raw("UPDATE TABLE SET details = %s WHERE id = %s", ['{"subject": "two"}', export.pk])
     page = client.get(reverse("auditlog"), {"verify": "1"}).content.decode()
-    assert "Chain broken after 2 intact events" in page
+    assert f"Chain broken after {total - 2} intact events" in page
