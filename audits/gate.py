@@ -145,15 +145,15 @@ def _check(name, change, low, high, n, limit, strict, *, above: bool) -> Check:
     beyond_any = high > limit if above else low < limit
     crossed = beyond_any if strict else beyond_all
     figures = f"{fmt(change)} {unit} (95% CI {fmt(low)} to {fmt(high)}, {n} paired {items})"
-    bound = f"the {'maximum' if above else 'minimum'} allowed, {fmt(limit)} {unit}"
+    bound = f"the allowed {'maximum' if above else 'minimum'} of {fmt(limit)} {unit}"
     if beyond_all:
-        verdict = f"past {bound} for the whole interval"
+        verdict = f"the whole interval lies past {bound}"
     elif beyond_any and strict:
-        verdict = f"the interval reaches past {bound}, and --strict asks for all of it within"
+        verdict = f"part of the interval lies past {bound}, and --strict needs all of it within"
     elif beyond_any:
-        verdict = (f"the interval reaches past {bound} but not wholly, so the data do not show "
-                   "it crossed (not blocking; --strict would block)")  # fmt: skip
+        verdict = (f"part of the interval lies past {bound} but not all of it, so the data do "
+                   "not show the limit crossed (not blocking; --strict would block)")  # fmt: skip
     else:
-        verdict = f"within {bound} for the whole interval"
+        verdict = f"the whole interval lies within {bound}"
     return Check(name, change, low, high, n, limit, unit, crossed,
                  f"{what} {figures}: {verdict}.")  # fmt: skip

@@ -14,7 +14,7 @@ from audits.models import Audit
     [
         (
             ["--checkpoint", "nope"],
-            "No checkpoint named 'nope' (registered: tiny-llama)",
+            "No checkpoint named 'nope' (newest registered: tiny-llama;",
         ),
         (["--judge", "nope"], "No judge checkpoint named 'nope'"),
         (["--reward-model", "nope"], "No reward model named 'nope'"),

@@ -287,8 +287,13 @@ class Command(BaseCommand):
     def _checkpoint(self, name: str, role: str) -> Checkpoint:
         found = Checkpoint.objects.filter(name=name).first()
         if found is None:
-            names = ", ".join(Checkpoint.objects.values_list("name", flat=True)) or "none"
-            raise CommandError(f"No {role} named {name!r} (registered: {names}).", returncode=2)
+            names = list(Checkpoint.objects.order_by("-registered_at")
+                         .values_list("name", flat=True)[:11])  # fmt: skip
+            listed = ", ".join(names[:10]) + (", …" if len(names) > 10 else "") or "none"
+            raise CommandError(
+                f"No {role} named {name!r} (newest registered: {listed}; `manage.py "
+                "register_checkpoint` adds one).", returncode=2,
+            )  # fmt: skip
         return found
 
     def _suites(self, names: list[str] | None) -> list[Suite]:
