@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
 from audits.export import ExportError, audit_document, export, report_card_document
@@ -78,17 +78,13 @@ def audit_log(request):
 
 def api_token(request):
     """Anyone with a role can hold one API token; making a new one revokes the old."""
-    token = Token.objects.filter(user=request.user).first()
-    if request.method == "POST":
-        return _new_token(request)
-    return render(request, "registration/token.html", {"token": token})
-
-
-@require_POST
-def _new_token(request):
-    Token.objects.filter(user=request.user).delete()
-    token = Token.objects.create(user=request.user)
-    record(Action.API_TOKEN, request.user, details={"created": token.created})
+    if request.method != "POST":
+        token = Token.objects.filter(user=request.user).first()
+        return render(request, "registration/token.html", {"token": token})
+    with transaction.atomic():
+        Token.objects.filter(user=request.user).delete()
+        token = Token.objects.create(user=request.user)
+        record(Action.API_TOKEN, request.user, details={"created": token.created})
     messages.success(request, "New API token made; the old one, if any, no longer works. "
                      "Copy it now: it is shown on this page only until you leave it.")  # fmt: skip
     return render(request, "registration/token.html", {"token": token, "fresh": True})
