@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -67,22 +66,6 @@ class ActorMiddleware:
             return self.get_response(request)
         finally:
             _actor.reset(token)
-
-
-def acting_as(user):
-    """Context manager: events recorded inside are attributed to ``user`` (API, tests)."""
-    return _ActingAs(user)
-
-
-class _ActingAs:
-    def __init__(self, user):
-        self.user, self.token = user, None
-
-    def __enter__(self):
-        self.token = _actor.set(user if (user := self.user) and user.is_authenticated else None)
-
-    def __exit__(self, *exc):
-        _actor.reset(self.token)
 
 
 def event_hash(event: Event) -> str:
@@ -141,11 +124,10 @@ class Verdict:
         return self.broken is None
 
 
-def verify(events: Iterator[Event] | None = None) -> Verdict:
+def verify() -> Verdict:
     """Walk the chain in id order; stop at the first event whose contents no longer match
     its hash, or that does not link to the event before it."""
-    if events is None:
-        events = Event.objects.order_by("id").iterator(chunk_size=2000)
+    events = Event.objects.order_by("id").iterator(chunk_size=2000)
     previous, count, last = None, 0, GENESIS
     for event in events:
         if event.prev_hash != last:
