@@ -5,7 +5,7 @@ from django.conf import settings
 
 from audits.builtin import DEFAULT_SUITES, reserved_suite_names
 from audits.conditions import CONDITIONS
-from audits.models import DOMAINS, TRAITS, Plan, Profile, Suite
+from audits.models import DOMAINS, TRAITS, Plan, Priority, Profile, Suite
 from audits.profiles import QUICK_CONDITIONS
 from audits.services import MAX_SAMPLES
 from audits.suite_io import SuiteError, check_size, parse_file, suite_store
@@ -15,8 +15,8 @@ from models_registry.models import Checkpoint, CheckpointKind
 
 class AuditForm(forms.Form):
     TRAINING = ("method", "traits", "train_domains")
-    field_order = ["checkpoint", "plan", "suites", "conditions", "profile", "seed", "samples",
-                   "judge", "reward_model", *TRAINING]  # fmt: skip
+    field_order = ["checkpoint", "plan", "suites", "conditions", "profile", "seed", "priority",
+                   "samples", "judge", "reward_model", *TRAINING]  # fmt: skip
 
     @property
     def general_fields(self):
@@ -42,6 +42,10 @@ class AuditForm(forms.Form):
     )  # fmt: skip
     profile = forms.ChoiceField(choices=Profile.choices, initial=Profile.QUICK)
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1)
+    priority = forms.TypedChoiceField(
+        choices=Priority.choices, coerce=int, initial=Priority.NORMAL,
+        help_text="Queued runs of higher priority are taken first (with Redis as the broker).",
+    )  # fmt: skip
     samples = forms.IntegerField(
         initial=1, min_value=0, max_value=MAX_SAMPLES, required=False,
         help_text="Replies sampled per generative item and graded (0: log-likelihood only).",

@@ -100,6 +100,14 @@ class Profile(models.TextChoices):
     FULL = "full", "Full: every eval item, every adversarial condition"
 
 
+class Priority(models.IntegerChoices):
+    """Broker priority of an audit's runs: with Redis, lower is served first."""
+
+    HIGH = 0, "High"
+    NORMAL = 3, "Normal"
+    LOW = 6, "Low"
+
+
 class AuditQuerySet(models.QuerySet["Audit"]):
     def for_user(self, user) -> AuditQuerySet:
         """Every role reads every audit; a user without a role reads none."""
@@ -113,6 +121,7 @@ class Audit(models.Model):
     conditions = models.JSONField(default=list)
     profile = models.CharField(max_length=20, choices=Profile.choices, default=Profile.QUICK)
     seed = models.IntegerField(default=0)
+    priority = models.IntegerField(choices=Priority.choices, default=Priority.NORMAL)
     config = models.JSONField(default=dict, help_text="canonical inputs behind config_hash")
     config_hash = models.CharField(max_length=64)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
@@ -170,6 +179,8 @@ class Run(models.Model):
     progress_total = models.PositiveIntegerField(default=0)
     attempts = models.PositiveIntegerField(default=0)
     heartbeat = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now)
+    worker = models.CharField(max_length=200, blank=True, help_text="the process holding it")
     device = models.CharField(max_length=50, blank=True)
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True)
@@ -190,7 +201,6 @@ class Run(models.Model):
 
     def mark_started(self, device: str) -> None:
         self.status = Status.RUNNING
-        self.attempts += 1
         self.device = device
         self.started_at = self.started_at or timezone.now()
         self.heartbeat = timezone.now()
@@ -213,6 +223,26 @@ class Run(models.Model):
         if not self.progress_total:
             return 100 if self.status == Status.SUCCEEDED else 0
         return round(100 * self.progress_done / self.progress_total)
+
+
+class Worker(models.Model):
+    """A Celery worker node as it last reported itself (gpu_tasks/workers.py)."""
+
+    name = models.CharField(max_length=200, unique=True)  # Celery's hostname, keel@host
+    queues = models.JSONField(default=list)
+    devices = models.JSONField(default=list)
+    jobs_per_device = models.PositiveIntegerField(default=1)
+    concurrency = models.PositiveIntegerField(default=1)
+    version = models.CharField(max_length=20, blank=True)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class ItemResult(models.Model):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from audits.models import Audit
+
+log = logging.getLogger(__name__)
 
 
 class RunProgress(TypedDict):
@@ -61,10 +64,16 @@ def audit_snapshot(audit: Audit) -> AuditProgress:
 
 
 def publish(audit_id: int) -> None:
-    """Send the audit's stored progress to its websocket group."""
-    audit = Audit.objects.get(pk=audit_id)
+    """Send the audit's stored progress to its websocket group. Best effort: progress is
+    stored first, and a channel layer that is down (Redis restarting) must not fail the
+    run; pages get the stored snapshot when their websocket connects again."""
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    payload = audit_snapshot(Audit.objects.get(pk=audit_id))
+    try:
         async_to_sync(layer.group_send)(
-            group_name(audit_id), {"type": "audit.progress", "payload": audit_snapshot(audit)}
+            group_name(audit_id), {"type": "audit.progress", "payload": payload}
         )
+    except Exception as exc:  # redis-py's ConnectionError, TimeoutError, ...
+        log.warning("progress of audit %s not published (channel layer: %s)", audit_id, exc)

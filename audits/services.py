@@ -7,6 +7,7 @@ import json
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from audits.conditions import CONDITIONS
 from audits.models import (
@@ -16,6 +17,7 @@ from audits.models import (
     Audit,
     Item,
     Plan,
+    Priority,
     Profile,
     Run,
     RunKind,
@@ -54,6 +56,7 @@ def audit_create(
     judge: Checkpoint | None = None,
     reward_model: Checkpoint | None = None,
     plan: str = Plan.EVALUATE,
+    priority: int = Priority.NORMAL,
     method: str = "dpo",
     traits: list[str] | None = None,
     train_domains: list[str] | None = None,
@@ -92,6 +95,9 @@ def audit_create(
         },  # fmt: skip
         "keel": settings.KEEL_VERSION,
     }
+    if priority not in Priority.values:
+        raise ValueError(f"unknown priority {priority!r} (one of "
+                         f"{', '.join(f'{p} ({p.label.lower()})' for p in Priority)})")  # fmt: skip
     if plan not in Plan.values:
         raise ValueError(f"unknown plan {plan!r} (one of {', '.join(Plan.values)})")
     if plan == Plan.PERSISTENCE:
@@ -118,6 +124,7 @@ def audit_create(
         conditions=conditions,
         profile=profile,
         seed=seed,
+        priority=priority,
         config=config,
         config_hash=config_hash(config),
         created_by=user if user is not None and user.is_authenticated else None,
@@ -180,14 +187,14 @@ def training_config(checkpoint, suites, profile, seed, method, traits, domains, 
 def run_queue(audit: Audit, kind: str, checkpoint: Checkpoint) -> Run:
     """A new run of the audit, queued on its Celery queue once the transaction commits."""
     run = Run.objects.create(audit=audit, kind=kind, checkpoint=checkpoint)
-    transaction.on_commit(lambda: _enqueue(run.pk, kind))
+    transaction.on_commit(lambda: _enqueue(run))
     return run
 
 
-def _enqueue(run_id: int, kind: str) -> None:
-    from gpu_tasks.tasks import evaluate_run, train_run
+def _enqueue(run: Run) -> None:
+    from gpu_tasks.reaper import enqueue
 
-    (train_run if kind == RunKind.TRAIN else evaluate_run).delay(run_id)
+    enqueue(run)
 
 
 @transaction.atomic
@@ -201,9 +208,12 @@ def audit_retry(audit: Audit, user=None) -> int:
         run.cancel_requested = False
         run.error = ""
         run.finished_at = None
+        run.worker = ""
+        run.attempts = 0
+        run.queued_at = timezone.now()
         run.log(f"retry requested by {user or 'command line'}")
         run.save()
-        transaction.on_commit(lambda pk=run.pk, kind=run.kind: _enqueue(pk, kind))
+        transaction.on_commit(lambda run=run: _enqueue(run))
     if runs:
         audit.refresh_status()
         record(Action.RETRY, audit, actor=user, details={"runs": [r.pk for r in runs]})

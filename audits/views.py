@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Prefetch
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -26,6 +27,7 @@ from audits.models import (
     ItemResult,
     Run,
     Status,
+    Worker,
 )
 from audits.report import base_run_for, cached_comparison, latest_runs, summary_rows
 from audits.services import audit_cancel, audit_create, audit_retry
@@ -95,7 +97,8 @@ def audit_new(request):
             audit = audit_create(
                 checkpoint=data["checkpoint"], suites=list(data["suites"]),
                 conditions=data["conditions"], profile=data["profile"], seed=data["seed"],
-                samples=data["samples"], judge=data["judge"], reward_model=data["reward_model"],
+                priority=data["priority"], samples=data["samples"], judge=data["judge"],
+                reward_model=data["reward_model"],
                 plan=data["plan"], method=data["method"] or "dpo", traits=data["traits"],
                 train_domains=data["train_domains"], user=request.user,
             )  # fmt: skip
@@ -300,3 +303,44 @@ def compare(request):
             }  # fmt: skip
     status = 400 if context.get("error") else 200
     return render(request, "audits/compare.html", context, status=status)
+
+
+def workers(request):
+    """Worker nodes, their devices and what runs on each, and how deep the queues are."""
+    from gpu_tasks.reaper import QUEUES, broker_holdings
+    from gpu_tasks.workers import SEEN_EVERY, node_of
+
+    now = timezone.now()
+    held = Run.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).exclude(worker="")
+    by_node: dict[str, list[Run]] = {}
+    for run in held.select_related("audit", "checkpoint").order_by("started_at"):
+        by_node.setdefault(node_of(run.worker), []).append(run)
+    recent = Worker.objects.filter(Q(stopped_at=None) | Q(stopped_at__gte=now - timedelta(days=1)))
+    nodes = []
+    for worker in recent:
+        if worker.stopped_at:
+            state = "stopped"
+        elif now - worker.last_seen > timedelta(seconds=3 * SEEN_EVERY):
+            state = "not answering"
+        else:
+            state = "up"
+        nodes.append({"worker": worker, "state": state, "runs": by_node.pop(worker.name, [])})
+    waiting = dict(
+        Run.objects.filter(status=Status.QUEUED, worker="")
+        .values_list("kind")
+        .annotate(n=Count("pk"))
+    )
+    broker_error = ""
+    try:
+        holdings = broker_holdings()
+    except Exception as exc:  # the page must show even when the broker is down
+        holdings, broker_error = None, f"{type(exc).__name__}: {exc}"
+    queues = [
+        {"name": queue, "runs": waiting.get(kind, 0),
+         "messages": holdings.depth.get(queue) if holdings else None}
+        for kind, queue in QUEUES.items()
+    ]  # fmt: skip
+    return render(request, "audits/workers.html", {
+        "nodes": nodes, "elsewhere": [r for runs in by_node.values() for r in runs],
+        "queues": queues, "broker_error": broker_error, "stale_after": settings.KEEL_STALE_AFTER,
+    })  # fmt: skip

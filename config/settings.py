@@ -181,6 +181,13 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
+    # Priorities (an audit's priority): one Redis list per step, 0 served first. A message
+    # taken but not acknowledged comes back after visibility_timeout; the reaper is faster.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "priority_steps": [0, 3, 6],
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    }
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -228,6 +235,27 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_TASK_DEFAULT_QUEUE = "evaluate"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_PRIORITY = 3  # "normal" (audits.models.Priority)
+# The reaper (gpu_tasks/reaper.py) runs on Celery beat: it queues again the runs whose
+# worker stopped answering and the queued runs whose message the broker lost.
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-runs": {"task": "gpu_tasks.tasks.reap", "schedule": 60.0,
+                        "options": {"priority": 0}},
+}  # fmt: skip
+
+# --- Workers ----------------------------------------------------------------
+# A running run's worker writes a heartbeat every KEEL_HEARTBEAT_SECONDS; one silent for
+# KEEL_STALE_AFTER seconds is taken to be dead and its run queued again, at most
+# KEEL_MAX_ATTEMPTS times in all before the run is failed.
+KEEL_HEARTBEAT_SECONDS = envint("KEEL_HEARTBEAT_SECONDS", 15)
+KEEL_STALE_AFTER = envint("KEEL_STALE_AFTER", 300)
+KEEL_MAX_ATTEMPTS = envint("KEEL_MAX_ATTEMPTS", 3)
+# Each worker node also reaps this often from its main process (beat does it too).
+KEEL_REAP_EVERY = envint("KEEL_REAP_EVERY", 60)
+# The devices this worker host may use (e.g. "cuda:0,cuda:1", or "cpu"), each taken by at
+# most KEEL_JOBS_PER_DEVICE jobs at once; empty: the best one found (see gpu_tasks/slots.py).
+KEEL_WORKER_DEVICES = envlist("KEEL_WORKER_DEVICES", [])
+KEEL_JOBS_PER_DEVICE = envint("KEEL_JOBS_PER_DEVICE", 1)
 
 # --- Auth -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

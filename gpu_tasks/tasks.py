@@ -17,3 +17,11 @@ def evaluate_run(run_id: int) -> None:
     from gpu_tasks.evaluate import run_evaluation
 
     run_evaluation(run_id)
+
+
+@shared_task(ignore_result=True)
+def reap() -> None:
+    """Queue again what died with its worker or was lost by the broker (beat, each minute)."""
+    from gpu_tasks import reaper
+
+    reaper.reap()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from audits.conditions import CONDITIONS
-from audits.models import DOMAINS, TRAITS, Audit, Event, Plan, Profile, Run, Score, Suite
+from audits.models import DOMAINS, TRAITS, Audit, Event, Plan, Priority, Profile, Run, Score, Suite
 from audits.services import MAX_SAMPLES
 from gpu_tasks.engine.training import METHODS
 from models_registry.forms import TAG
@@ -59,8 +59,8 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = ["id", "kind", "checkpoint", "status", "stage", "progress_done",
-                  "progress_total", "percent", "attempts", "device", "error", "started_at",
-                  "finished_at"]  # fmt: skip
+                  "progress_total", "percent", "attempts", "worker", "device", "error",
+                  "started_at", "finished_at"]  # fmt: skip
 
 
 class AuditSerializer(serializers.ModelSerializer):
@@ -73,7 +73,7 @@ class AuditSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Audit
-        fields = ["id", "checkpoint", "plan", "profile", "seed", "conditions", "suites",
+        fields = ["id", "checkpoint", "plan", "profile", "seed", "priority", "conditions", "suites",
                   "status", "config_hash", "created_by", "created_at", "finished_at",
                   "runs"]  # fmt: skip
 
@@ -95,6 +95,10 @@ class AuditCreateSerializer(serializers.Serializer):
     )
     profile = serializers.ChoiceField(choices=Profile.values, default=Profile.QUICK)
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
+    priority = serializers.ChoiceField(
+        choices=Priority.choices, default=Priority.NORMAL,
+        help_text="0 high, 3 normal, 6 low: queued runs of higher priority are taken first",
+    )  # fmt: skip
     samples = serializers.IntegerField(min_value=0, max_value=MAX_SAMPLES, default=1)
     judge = _checkpoint_field(required=False, allow_null=True)
     reward_model = _checkpoint_field(required=False, allow_null=True)

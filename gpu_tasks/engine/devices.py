@@ -13,6 +13,11 @@ BF16_SPEEDUP_NEEDED = 1.5  # below this, fp32's exactness is worth more than the
 
 
 def best_device() -> torch.device:
+    from gpu_tasks.slots import process_device
+
+    declared = process_device()
+    if declared is not None:
+        return declared
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

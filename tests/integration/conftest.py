@@ -35,20 +35,25 @@ def celery_worker_process(transactional_db, models_root, tmp_path):
         worker.wait(timeout=30)
 
 
-def start_worker(log_path: Path, models_root: Path) -> subprocess.Popen:
-    """A worker process on the test database, logging to log_path, once it is ready."""
-    env = os.environ | {
-        "DATABASE_URL": database_url_for_worker(),
-        "KEEL_CHECKPOINT_ROOTS": str(models_root),
-        "KEEL_DATA_DIR": str(settings.KEEL_DATA_DIR),
-        "KEEL_DTYPE": "float32",  # as in the test process (tests/conftest.py)
-    }
+def start_worker(log_path: Path, models_root: Path, env: dict | None = None) -> subprocess.Popen:
+    """A worker process on the test database, logging to log_path, once it is ready.
+    ``env`` adds to or overrides its environment (e.g. fast heartbeats and reaping)."""
+    env = (
+        os.environ
+        | {
+            "DATABASE_URL": database_url_for_worker(),
+            "KEEL_CHECKPOINT_ROOTS": str(models_root),
+            "KEEL_DATA_DIR": str(settings.KEEL_DATA_DIR),
+            "KEEL_DTYPE": "float32",  # as in the test process (tests/conftest.py)
+        }
+        | (env or {})
+    )
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "evaluate,train",
-             "--pool", "solo", "--loglevel", "INFO", "--without-heartbeat", "--without-gossip",
-             "--without-mingle"],  # fmt: skip
+             "--pool", "solo", "--loglevel", "INFO",
+             "--without-heartbeat", "--without-gossip", "--without-mingle"],  # fmt: skip
             cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

@@ -23,7 +23,7 @@ from audits.export import (
 )
 from audits.gate import GateError, gate
 from audits.metrics import finite_or_none
-from audits.models import DOMAINS, FINISHED, TRAITS, Audit, Plan, Profile, Status, Suite
+from audits.models import DOMAINS, FINISHED, TRAITS, Audit, Plan, Priority, Profile, Status, Suite
 from audits.services import MAX_SAMPLES, audit_create
 from gpu_tasks.engine.training import METHODS
 from models_registry.models import Checkpoint
@@ -83,6 +83,10 @@ class Command(BaseCommand):
         )  # fmt: skip
         run.add_argument("--profile", choices=Profile.values, default=Profile.QUICK)
         run.add_argument("--seed", type=int, default=0)
+        run.add_argument(
+            "--priority", choices=[p.label.lower() for p in Priority], default="normal",
+            help="queued runs of higher priority are taken first (default: normal)",
+        )  # fmt: skip
         run.add_argument(
             "--samples", type=int, default=1,
             help="replies sampled and graded per generative item (0: log-likelihood only)",
@@ -167,6 +171,7 @@ class Command(BaseCommand):
             audit = audit_create(
                 checkpoint=checkpoint, suites=suites, conditions=options["conditions"],
                 profile=options["profile"], seed=options["seed"], samples=options["samples"],
+                priority=Priority[options["priority"].upper()],
                 judge=judge, reward_model=reward or None, plan=options["plan"],
                 method=options["method"], traits=_words(options["traits"]),
                 train_domains=_words(options["train_domains"]),
