@@ -114,8 +114,7 @@ def up(args: list[str]) -> int:
     manage("keel_setup")
     port = free_port(int(os.environ.get("KEEL_PORT", "8000")))
     worker = subprocess.Popen(
-        [str(VENV / "bin" / "celery"), "-A", "config", "worker", "-Q", "evaluate,train",
-         "--concurrency", "1", "--loglevel", "INFO"],  # fmt: skip
+        [str(PYTHON), "manage.py", "worker", "--loglevel", "INFO"],
         cwd=ROOT, stdout=(logs / "worker.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     web = subprocess.Popen(

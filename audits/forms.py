@@ -9,7 +9,7 @@ from audits.models import DOMAINS, TRAITS, Plan, Priority, Profile, Suite
 from audits.profiles import QUICK_CONDITIONS
 from audits.services import MAX_SAMPLES
 from audits.suite_io import SuiteError, check_size, parse_file, suite_store
-from gpu_tasks.engine.training import METHODS
+from gpu_tasks.engine.methods import METHODS
 from models_registry.models import Checkpoint, CheckpointKind
 
 

@@ -156,6 +156,9 @@ if DATABASE_URL:
     # No persistent connections: under ASGI each request runs in its own thread and Django
     # would leave one open connection per request until PostgreSQL refuses new clients.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    # A database that stops answering fails a connection in seconds, not minutes: health
+    # checks answer, and workers go on to their outage handling (gpu_tasks/progress.py).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
 else:
     DATABASES = {
         "default": {

@@ -32,4 +32,5 @@ urlpatterns = [
     path("account/token/", compliance_views.api_token, name="api-token"),
     path("api/v1/", include("audits.api.urls")),
     path("admin/", admin.site.urls),
+    path("healthz", include("config.health")),  # no login: for load balancers and monitors
 ]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import fcntl
 import functools
 import logging
+import re
 import socket
 import time
 
-import torch
 from django.conf import settings
 
 log = logging.getLogger(__name__)
+DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 _held: list = []  # the open lock file: closing it would free the slot
 
 
@@ -27,29 +28,27 @@ def declared_devices() -> list[str]:
     return list(settings.KEEL_WORKER_DEVICES)
 
 
-def parse_devices(names: list[str]) -> list[torch.device]:
-    """Devices from their names, with a sentence for a name torch does not know."""
-    devices = []
+def parse_devices(names: list[str]) -> list[str]:
+    """Device names checked without importing torch (the worker command checks them before
+    Celery starts): cpu, mps, cuda or cuda:N."""
     for name in names:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
+        if not DEVICE.fullmatch(name):
             raise ValueError(
                 f"{name!r} is not a device: use cpu, cuda, cuda:N or mps, comma-separated"
-            ) from None
-        if device.type not in {"cpu", "cuda", "mps"}:
-            raise ValueError(f"{name!r}: Keel runs on cpu, cuda:N or mps, not {device.type}")
-        devices.append(device)
-    return devices
+            )
+    return list(names)
 
 
 @functools.cache
-def process_device() -> torch.device | None:
-    """This process's device slot, taken on first use; None when no devices are declared."""
+def process_device():
+    """This process's device slot (a torch.device), taken on first use; None when no devices
+    are declared."""
+    import torch
+
     names = declared_devices()
     if not names:
         return None
-    devices = parse_devices(names)
+    devices = [torch.device(name) for name in parse_devices(names)]
     folder = settings.KEEL_DATA_DIR / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()

@@ -81,7 +81,7 @@ class RoleRequiredMiddleware:
     """A signed-in user without any role reads nothing: every page but logging out says so.
     (Anonymous users are sent to the login page by LoginRequiredMiddleware before this.)"""
 
-    OPEN = ("/login/", "/logout/", "/static/", "/api/")  # the API checks roles itself
+    OPEN = ("/login/", "/logout/", "/static/", "/api/", "/healthz")  # the API checks roles itself
 
     def __init__(self, get_response):
         self.get_response = get_response

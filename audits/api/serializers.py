@@ -5,7 +5,7 @@ from rest_framework import serializers
 from audits.conditions import CONDITIONS
 from audits.models import DOMAINS, TRAITS, Audit, Event, Plan, Priority, Profile, Run, Score, Suite
 from audits.services import MAX_SAMPLES
-from gpu_tasks.engine.training import METHODS
+from gpu_tasks.engine.methods import METHODS
 from models_registry.forms import TAG
 from models_registry.models import Checkpoint
 

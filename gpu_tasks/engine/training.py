@@ -30,8 +30,8 @@ from transformers.utils import logging as hf_logging
 from gpu_tasks.engine.devices import best_device, describe
 from gpu_tasks.engine.graders import Case, reward_scores, reward_text, rule_grades
 from gpu_tasks.engine.loading import LoadedModel, load_classifier_uncached
+from gpu_tasks.engine.methods import METHODS
 
-METHODS = ("dpo", "sft", "grpo")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 

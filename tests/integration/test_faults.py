@@ -1,10 +1,7 @@
 """Faults injected into real workers: a worker killed mid-evaluation, a broker that lost
 its messages or restarted, a database that went away. Each run must end by itself with
-the scores of an uninterrupted run, no duplicate rows, and never stay "running".
-
-The workers here beat every second and count as dead after 4 s of silence, and reap every
-second, so recovery takes seconds rather than the production default of minutes.
-"""
+the scores of an uninterrupted run, no duplicate rows, and never stay "running". The
+workers run with FAST heartbeats and reaping (tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,11 +22,10 @@ from audits.services import audit_create
 from audits.suite_io import parse_jsonl, suite_store
 from config.celery import app as celery_app
 from gpu_tasks.evaluate import run_evaluation
-from tests.integration.conftest import database_url_for_worker, start_worker
+from tests.integration.conftest import FAST, database_url_for_worker, start_worker
 from tests.integration.test_worker import wait_until_finished
 
 pytestmark = pytest.mark.integration
-FAST = {"KEEL_HEARTBEAT_SECONDS": "1", "KEEL_STALE_AFTER": "4", "KEEL_REAP_EVERY": "1"}
 
 
 def queue_evaluation(checkpoint) -> Audit:

@@ -15,9 +15,8 @@ from audits.comparison import persistence_deltas, training_deltas
 from audits.models import DOMAINS, Audit, RunKind, Status
 from audits.services import audit_create
 from config.celery import app as celery_app
-from gpu_tasks.tasks import train_run
 from models_registry.models import Checkpoint
-from tests.integration.conftest import start_worker
+from tests.integration.conftest import FAST, start_worker
 from tests.integration.test_worker import wait_until_finished
 
 pytestmark = pytest.mark.integration
@@ -119,7 +118,7 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_save(
 ):
     celery_app.control.purge()
     log_path = tmp_path / "worker.log"
-    worker = start_worker(log_path, models_root)
+    worker = start_worker(log_path, models_root, FAST)
     try:
         audit = queue_training(tiny_checkpoint, steps=40)
         run = audit.runs.get(kind=RunKind.TRAIN)
@@ -133,8 +132,7 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_save(
         assert 12 <= run.progress_done < 40, run.log_tail
         assert run.status == Status.RUNNING  # the killed worker could not finish it
 
-        worker = start_worker(log_path, models_root)
-        train_run.delay(run.pk)  # what a retry, or a redelivery of the unacknowledged task, does
+        worker = start_worker(log_path, models_root, FAST)  # the reaper queues it again
         audit = wait_until_finished(audit, log_path)
     finally:
         worker.terminate()
@@ -142,6 +140,7 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_save(
     assert audit.status == Status.SUCCEEDED, list(audit.runs.values_list("error", flat=True))
     run.refresh_from_db()
     assert "resuming from the adapter saved at step 10" in run.log_tail
+    assert "stopped answering" in run.log_tail and run.attempts == 2
     variant = Checkpoint.objects.get(parent=tiny_checkpoint)
     assert variant.training["resumed_from"] == 10 and variant.training["steps"] == 40
 

@@ -25,7 +25,7 @@ from audits.gate import GateError, gate
 from audits.metrics import finite_or_none
 from audits.models import DOMAINS, FINISHED, TRAITS, Audit, Plan, Priority, Profile, Status, Suite
 from audits.services import MAX_SAMPLES, audit_create
-from gpu_tasks.engine.training import METHODS
+from gpu_tasks.engine.methods import METHODS
 from models_registry.models import Checkpoint
 from models_registry.roles import can_export
 

@@ -33,6 +33,11 @@ class Command(BaseCommand):
             "--jobs-per-device", type=int, default=settings.KEEL_JOBS_PER_DEVICE,
             help="jobs that may share one device (default: KEEL_JOBS_PER_DEVICE, 1)",
         )  # fmt: skip
+        parser.add_argument(
+            "--name", default="keel",
+            help="the node's name before @host (default keel); give each worker on one host "
+            "its own",
+        )  # fmt: skip
         parser.add_argument("--loglevel", default="INFO")
         parser.add_argument(
             "--beat", action="store_true",
@@ -52,6 +57,9 @@ class Command(BaseCommand):
             parse_devices(names)
         except ValueError as exc:
             raise CommandError(f"--devices: {exc}", returncode=2) from None
+        if not options["name"].replace("-", "").replace("_", "").isalnum():
+            raise CommandError(f"--name {options['name']!r}: letters, digits, - and _ only",
+                               returncode=2)  # fmt: skip
         jobs = options["jobs_per_device"]
         if not 1 <= jobs <= 64:
             raise CommandError(f"--jobs-per-device {jobs}: use 1 to 64", returncode=2)
@@ -61,7 +69,7 @@ class Command(BaseCommand):
         concurrency = max(len(names), 1) * jobs
         celery = shutil.which("celery", path=os.path.dirname(sys.executable)) or "celery"
         argv = [celery, "-A", "config", "worker", "--queues", ",".join(queues),
-                "--concurrency", str(concurrency), "--hostname", "keel@%h",
+                "--concurrency", str(concurrency), "--hostname", f"{options['name']}@%h",
                 "--loglevel", options["loglevel"], "--events"]  # fmt: skip
         if options["beat"]:
             argv += ["--beat", "--schedule", str(settings.KEEL_DATA_DIR / "celerybeat-schedule")]
