@@ -43,7 +43,8 @@ class AuditForm(forms.Form):
     profile = forms.ChoiceField(choices=Profile.choices, initial=Profile.QUICK)
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**31 - 1)
     priority = forms.TypedChoiceField(
-        choices=Priority.choices, coerce=int, initial=Priority.NORMAL,
+        choices=Priority.choices, coerce=int, initial=Priority.NORMAL, required=False,
+        empty_value=Priority.NORMAL,
         help_text="Queued runs of higher priority are taken first (with Redis as the broker).",
     )  # fmt: skip
     samples = forms.IntegerField(

@@ -140,8 +140,14 @@ def main() -> int:
     runs = Run.objects.filter(pk__in=run_ids)
     while time.monotonic() < deadline:
         done = runs.filter(status__in=[Status.SUCCEEDED, Status.FAILED, Status.CANCELLED]).count()
-        if args.kill_one and killed_at is None and done >= args.runs // 3:
-            first = next(iter(nodes))
+        first = next(iter(nodes))
+        if (
+            args.kill_one
+            and killed_at is None
+            and done >= args.runs // 3
+            and runs.filter(status=Status.RUNNING, worker__startswith=f"{first}@").exists()
+        ):
+            # mid-run: the node holds a run that a worker must then take over
             os.killpg(nodes[first].pid, signal.SIGKILL)
             nodes[first].wait()
             killed_at = done

@@ -159,6 +159,13 @@ if DATABASE_URL:
     # A database that stops answering fails a connection in seconds, not minutes: health
     # checks answer, and workers go on to their outage handling (gpu_tasks/progress.py).
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
+    # A pool of connections per process: under load, requests beyond it wait for a
+    # connection instead of each opening its own until PostgreSQL refuses clients (100 by
+    # default). KEEL_DB_POOL=0 turns it off (e.g. behind PgBouncer).
+    if envint("KEEL_DB_POOL", 10) > 0:
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1, "max_size": envint("KEEL_DB_POOL", 10), "timeout": 30,
+        }  # fmt: skip
 else:
     DATABASES = {
         "default": {

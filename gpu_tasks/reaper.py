@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -154,7 +155,12 @@ def _redis_holdings(url: str) -> Holdings:
                 depth += len(messages)
                 holdings.run_ids.update(filter(None, map(_run_id, messages)))
             holdings.depth[queue] = depth
-        holdings.run_ids.update(filter(None, map(_run_id, client.hvals("unacked"))))
+        # Taken but not acknowledged: held while young. An old one whose run is still waiting
+        # for its first claim was taken by a worker that died before claiming it; Redis would
+        # give it back only after the visibility timeout (an hour), so it counts as lost.
+        young = client.zrangebyscore("unacked_index", time.time() - RESEND_AFTER, "+inf")
+        if young:
+            holdings.run_ids.update(filter(None, map(_run_id, client.hmget("unacked", young))))
     finally:
         client.close()
     return holdings
