@@ -3,6 +3,7 @@
     .venv/bin/python bench/dashboard_load.py --seed          # once: build keel_bench (~1 min)
     .venv/bin/python bench/dashboard_load.py --websockets 200   # pages, then 200 websockets
     .venv/bin/python bench/dashboard_load.py --seconds 15 --clients 50 --json
+    .venv/bin/python bench/dashboard_load.py --soak 600 --clients 100   # every page at once
 
 `--seed` creates the PostgreSQL database `keel_bench` (migrated, data dir
 /tmp/keel-bench-data) and fills it in one transaction: 100 checkpoints (8 base
@@ -34,6 +35,18 @@ A run then
    set to running, publishes `--updates` progress snapshots through the Redis
    channel layer at a fixed interval (the send time rides in the run's stage) and
    reports how many clients got every update and the lag from send to receipt.
+
+`--soak SECONDS` instead puts all `--clients` on the server at once for SECONDS, each a
+closed-loop, logged-in client (in `--loadgen-processes` processes, one per CPU by default)
+that picks page views from SOAK_VISITS by weight: a page, then the chart JSON its script
+fetches, and for an audit's page its progress websocket (connect, snapshot, close). The server
+is bench/timed_asgi.py, Keel's ASGI application with each request's server time (arrival to
+final body chunk) written to a file per worker. A static-file baseline of `--seconds` under
+the same clients runs before and after. It reports requests, errors (any status outside
+2xx/3xx, connection error or timeout after `--timeout` s; exit 1 if any), requests/s, client
+and server p50/p95/p99 per page and overall, and samples every `--sample-every` s each server
+process's RSS and the PostgreSQL connections to the database, minute by minute. `--preload`
+(gunicorn --preload) and `--db-pool N` (KEEL_DB_POOL for the server) compare settings.
 
 A page that answers 404 (or another 4xx) is skipped with a warning, so pages can
 be listed before they exist; a 5xx in-process or on the first request stops the
@@ -640,7 +653,10 @@ def inspect_pages(pages: list[tuple[str, str]], repeats: int = 3) -> list[PageIn
     from django.test.utils import CaptureQueriesContext
 
     client = Client(HTTP_HOST="127.0.0.1")
-    client.force_login(User.objects.get(username=USERNAME))
+    # ModelBackend named: force_login would otherwise pick the first backend with get_user()
+    client.force_login(
+        User.objects.get(username=USERNAME), backend="django.contrib.auth.backends.ModelBackend"
+    )
     client.get("/login/")  # imports every view (the URLconf), which is no page's own cost
     found = []
     for label, path in pages:
@@ -686,17 +702,26 @@ def free_port() -> int:
 class Server:
     """gunicorn with uvicorn workers (uvicorn --workers without gunicorn's worker class)."""
 
-    def __init__(self, env: dict[str, str], workers: int, log_path: Path):
-        self.env, self.workers, self.log_path = env, workers, log_path
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int,
+        log_path: Path,
+        app: str = "config.asgi:application",
+        preload: bool = False,
+    ):
+        self.env, self.workers, self.log_path, self.app = env, workers, log_path, app
+        self.preload = preload
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        app, workers = "config.asgi:application", str(self.workers)
+        app, workers = self.app, str(self.workers)
         if importlib.util.find_spec("gunicorn") and importlib.util.find_spec("uvicorn.workers"):
             gunicorn = ["-k", "uvicorn.workers.UvicornWorker", "-w", workers]
             bind = ["-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5"]
-            return [sys.executable, "-m", "gunicorn", app, *gunicorn, *bind]
+            preload = ["--preload"] if self.preload else []
+            return [sys.executable, "-m", "gunicorn", app, *gunicorn, *bind, *preload]
         bind = ["--host", "127.0.0.1", "--port", str(self.port)]
         return [sys.executable, "-m", "uvicorn", app, *bind, "--workers", workers]
 
@@ -733,13 +758,18 @@ class Server:
             self.process.wait()
         log("server stopped")
 
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the server's processes (Linux /proc; 0 elsewhere)."""
+    def pids(self) -> list[int]:
+        """The server's master process and its workers (Linux /proc; none elsewhere)."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children")
-        pids = [pid, *map(int, children.read_text().split())] if children.exists() else []
+        with contextlib.suppress(OSError):
+            return [pid, *map(int, children.read_text().split())]
+        return []
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (Linux /proc; 0 elsewhere)."""
         ticks = 0
-        for each in pids:
+        for each in self.pids():
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
                 ticks += int(fields[11]) + int(fields[12])  # utime, stime
@@ -1105,6 +1135,536 @@ def measure_websockets(args: argparse.Namespace, port: int, cookie: str, audit_i
         Audit.objects.filter(pk=audit_id).update(**saved_audit)
 
 
+# --- Soak: every page at once, for minutes -----------------------------------------------
+
+# What a browser fetches for one page view (the page, then the chart JSON its script loads)
+# and how often a user opens it, by PAGES label. "websocket" opens the audit's progress
+# socket as the audit page does, waits for its snapshot, and closes it after the charts.
+# The login form is left out: every soak client is logged in.
+SOAK_VISITS = [
+    (3, ["audit list"]),
+    (3, ["audit detail", "websocket", "chart traits x domains", "chart conditions x domains"]),
+    (
+        2,
+        [
+            "checkpoint list",
+            "chart checkpoints x domains",
+            "chart checkpoints x families",
+            "chart transfer",
+        ],
+    ),
+    (1, ["checkpoint search"]),
+    (
+        2,
+        [
+            "checkpoint detail, variant",
+            "chart traits x domains",
+            "chart conditions x domains",
+            "chart helpful x domains",
+        ],
+    ),
+    (1, ["checkpoint detail, base"]),
+    (1, ["comparison"]),
+    (2, ["item drill-down"]),
+    (1, ["items flipped against base"]),
+]
+WEBSOCKET = "websocket"
+# Reconnect after this long idle: gunicorn's --keep-alive (2 s by default, which its uvicorn
+# worker passes on) closes idle connections, and a request sent just as it does is reset.
+KEEP_ALIVE_S = 1.0
+
+
+@dataclass
+class Mix:
+    """What one load-generator process drives: `clients` closed-loop clients, each picking
+    visits at random (by weight) until `seconds` after `start_at` (Unix time)."""
+
+    port: int
+    cookie: str
+    paths: dict[str, str]  # label: path, and WEBSOCKET: the socket's path
+    visits: list[tuple[int, list[str]]]
+    clients: int
+    seconds: float
+    start_at: float
+    timeout: float
+    seed: int
+    think: float = 0.0  # mean seconds a client pauses between page views (0: none)
+
+
+def drive_process(mix: Mix) -> dict:
+    """One load-generator process: its clients on one event loop. Runs in a child process."""
+    delay = mix.start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = asyncio.run(drive_mix(mix))
+    result["cpu_s"] = time.process_time() - cpu
+    result["wall_s"] = time.perf_counter() - wall
+    return result
+
+
+async def drive_mix(mix: Mix) -> dict:
+    from websockets.asyncio.client import connect
+
+    host = f"127.0.0.1:{mix.port}"
+    latencies: dict[str, list[float]] = {}
+    statuses: dict[str, Counter[int]] = {}
+    errors: Counter[str] = Counter()
+    retries: Counter[str] = Counter()
+    examples: list[str] = []
+    deadline = time.perf_counter() + mix.seconds
+    weights = [weight for weight, _ in mix.visits]
+
+    def failed(label: str, what: str) -> None:
+        errors[f"{what} on {label}"] += 1
+        if len(examples) < 20:
+            examples.append(f"{time.strftime('%H:%M:%S')} {label}: {what}")
+
+    class Connection:
+        def __init__(self) -> None:
+            self.reader: asyncio.StreamReader | None = None
+            self.writer: asyncio.StreamWriter | None = None
+            self.used = 0.0
+
+        def close(self) -> None:
+            if self.writer is not None:
+                self.writer.close()
+            self.reader = self.writer = None
+
+        async def get(self, label: str) -> None:
+            if self.writer is not None and time.perf_counter() - self.used > KEEP_ALIVE_S:
+                self.close()
+            started = time.perf_counter()
+            for attempt in (1, 2):
+                reused = self.writer is not None
+                try:
+                    status, keep_alive = await self.exchange(label)
+                    break
+                except TimeoutError:
+                    failed(label, f"timeout after {mix.timeout:g} s")
+                except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+                    self.close()
+                    if reused and attempt == 1 and not getattr(exc, "partial", b""):
+                        # The server closed an idle keep-alive connection as the request
+                        # went out: a browser sends it again on a new one, and so does this.
+                        retries[label] += 1
+                        continue
+                    failed(label, f"{type(exc).__name__}: {str(exc)[:80]}")
+                except (OSError, ValueError) as exc:
+                    failed(label, f"{type(exc).__name__}: {str(exc)[:80]}")
+                self.close()
+                return
+            self.used = time.perf_counter()
+            latencies.setdefault(label, []).append((self.used - started) * 1000)
+            statuses.setdefault(label, Counter())[status] += 1
+            if not 200 <= status < 400:
+                failed(label, f"HTTP {status}")
+            if not keep_alive:
+                self.close()
+
+        async def exchange(self, label: str) -> tuple[int, bool]:
+            request = (
+                f"GET {mix.paths[label]} HTTP/1.1\r\nHost: {host}\r\nCookie: {mix.cookie}\r\n"
+                "Connection: keep-alive\r\n\r\n"
+            ).encode()
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", mix.port), mix.timeout
+                )
+            self.writer.write(request)
+            return await asyncio.wait_for(read_response(self.reader), mix.timeout)
+
+    async def open_websocket():
+        url = f"ws://{host}{mix.paths[WEBSOCKET]}"
+        headers = {"Cookie": mix.cookie, "Origin": f"http://{host}"}
+        started = time.perf_counter()
+        try:
+            ws = await connect(
+                url,
+                additional_headers=headers,
+                open_timeout=mix.timeout,
+                ping_interval=None,
+                close_timeout=mix.timeout,
+            )
+        except Exception as exc:  # refused, timed out, or rejected by the handshake
+            failed(WEBSOCKET, f"connect: {type(exc).__name__}: {str(exc)[:80]}")
+            return None
+        try:
+            json.loads(await asyncio.wait_for(ws.recv(), mix.timeout))
+        except Exception as exc:
+            failed(WEBSOCKET, f"snapshot: {type(exc).__name__}: {str(exc)[:80]}")
+            await close_websocket(ws)
+            return None
+        latencies.setdefault(WEBSOCKET, []).append((time.perf_counter() - started) * 1000)
+        statuses.setdefault(WEBSOCKET, Counter())[101] += 1
+        return ws
+
+    async def close_websocket(ws) -> None:
+        try:
+            await ws.close()
+        except Exception as exc:
+            failed(WEBSOCKET, f"close: {type(exc).__name__}: {str(exc)[:80]}")
+
+    async def client(number: int) -> None:
+        rng = random.Random(mix.seed * 1000 + number)  # noqa: S311 - a load mix, not secrets
+        connection = Connection()
+        await asyncio.sleep(rng.uniform(0, 0.5))  # all at once, but not in lockstep
+        while time.perf_counter() < deadline:
+            (_, steps) = rng.choices(mix.visits, weights)[0]
+            ws = None
+            for label in steps:
+                if time.perf_counter() >= deadline:
+                    break
+                if label == WEBSOCKET:
+                    ws = await open_websocket()
+                else:
+                    await connection.get(label)
+            if ws is not None:
+                await close_websocket(ws)
+            if mix.think:  # a person reading the page before the next click
+                await asyncio.sleep(rng.uniform(0.5 * mix.think, 1.5 * mix.think))
+        connection.close()
+
+    await asyncio.gather(*(client(i) for i in range(mix.clients)))
+    return {
+        "latencies": latencies,
+        "statuses": {label: dict(counts) for label, counts in statuses.items()},
+        "errors": dict(errors),
+        "retries": dict(retries),
+        "examples": examples,
+    }
+
+
+def drive(mix: Mix, processes: int) -> dict:
+    """`mix.clients` clients split over `processes` load-generator processes started
+    together; their results merged."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    processes = max(1, min(processes, mix.clients))
+    shares = [mix.clients // processes + (i < mix.clients % processes) for i in range(processes)]
+    start_at = time.time() + 3  # time to start the processes, so the clients begin together
+    mixes = [
+        Mix(**{**asdict(mix), "clients": n, "start_at": start_at, "seed": mix.seed * 10 + i})
+        for i, n in enumerate(shares)
+    ]
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(drive_process, mixes))
+    merged: dict = {
+        "latencies": {},
+        "statuses": {},
+        "errors": Counter(),
+        "retries": Counter(),
+        "examples": [],
+    }
+    for part in parts:
+        for label, values in part["latencies"].items():
+            merged["latencies"].setdefault(label, []).extend(values)
+        for label, counts in part["statuses"].items():
+            total = merged["statuses"].setdefault(label, Counter())
+            total.update({int(status): n for status, n in counts.items()})
+        merged["errors"].update(part["errors"])
+        merged["retries"].update(part["retries"])
+        merged["examples"] += part["examples"]
+    merged["wall_s"] = max(part["wall_s"] for part in parts)
+    merged["loadgen_cpu"] = [round(part["cpu_s"] / part["wall_s"], 2) for part in parts]
+    merged["started"] = start_at
+    return merged
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 50), 1),
+        "p95_ms": round(percentile(values, 95), 1),
+        "p99_ms": round(percentile(values, 99), 1),
+        "max_ms": round(max(values, default=0.0), 1),
+    }
+
+
+class Sampler:
+    """Samples, every `every` seconds in a thread: each server process's RSS, the
+    PostgreSQL connections to the bench database, and the load average."""
+
+    def __init__(self, server: Server, database_url: str, every: float):
+        import threading
+
+        self.server, self.every = server, every
+        parts = urlsplit(database_url)
+        self.database = parts.path.lstrip("/")
+        self.admin_url = parts._replace(path="/postgres").geturl()  # not counted itself
+        self.samples: list[dict] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def loop(self) -> None:
+        import psycopg
+
+        query = (
+            "SELECT count(*), count(*) FILTER (WHERE state = 'active') "
+            "FROM pg_stat_activity WHERE datname = %s"
+        )
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            while True:
+                connections, active = conn.execute(query, [self.database]).fetchone()
+                self.samples.append(
+                    {
+                        "t": time.time(),
+                        "rss_mb": self.rss_mb(),
+                        "pg_connections": connections,
+                        "pg_active": active,
+                        "loadavg": os.getloadavg()[0],
+                    }
+                )
+                if self.stopping.wait(self.every):
+                    return
+
+    def rss_mb(self) -> dict[int, float]:
+        found = {}
+        for pid in self.server.pids():
+            with contextlib.suppress(OSError, StopIteration):
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                line = next(x for x in status if x.startswith("VmRSS:"))
+                found[pid] = round(int(line.split()[1]) / 1024, 1)
+        return found
+
+
+def read_timings(folder: Path) -> list[tuple[float, float, int, int, str, int]]:
+    """bench/timed_asgi.py's lines from every server process: (end, ms, status, in flight,
+    path, pid)."""
+    rows = []
+    for file in sorted(folder.glob("timing-*.tsv")):
+        pid = int(file.stem.removeprefix("timing-"))
+        for line in file.read_text(errors="replace").splitlines():
+            end, ms, status, in_flight, path = line.split("\t", 4)
+            rows.append((float(end), float(ms), int(status), int(in_flight), path, pid))
+    return rows
+
+
+def server_times(rows: list, start: float, stop: float, labels: dict[str, str]) -> dict:
+    """Server-time percentiles per page label (and "all pages", websockets apart) of the
+    requests that ended between start and stop."""
+    by_label: dict[str, list[float]] = {}
+    in_flight: dict[str, int] = {}
+    statuses: Counter[str] = Counter()
+    for end, ms, status, flight, path, _ in rows:
+        if not start <= end < stop:
+            continue
+        label = labels.get(path, WEBSOCKET if path.startswith("ws:") else path)
+        by_label.setdefault(label, []).append(ms)
+        if label != WEBSOCKET:
+            by_label.setdefault("all pages", []).append(ms)
+            in_flight["all pages"] = max(in_flight.get("all pages", 0), flight)
+            statuses[str(status)] += 1
+    found = {label: summary(values) for label, values in by_label.items()}
+    if "all pages" in found:
+        found["all pages"]["max_in_flight_per_worker"] = in_flight["all pages"]
+        found["all pages"]["statuses"] = dict(statuses)
+    return found
+
+
+def per_minute(rows: list, samples: list[dict], start: float, stop: float) -> list[dict]:
+    """The soak minute by minute: requests, server p50/p95, and the samples' peaks."""
+    minutes = []
+    for m in range(math.ceil((stop - start) / 60)):
+        low, high = start + 60 * m, min(stop, start + 60 * (m + 1))
+        times = [ms for end, ms, _, _, path, _ in rows if low <= end < high and path[:3] != "ws:"]
+        window = [s for s in samples if low <= s["t"] < high]
+        minutes.append(
+            {
+                "minute": m + 1,
+                "requests": len(times),
+                "rps": round(len(times) / max(high - low, 1e-9), 1),
+                "server_p50_ms": round(percentile(times, 50), 1),
+                "server_p95_ms": round(percentile(times, 95), 1),
+                "workers_rss_mb_max": max(
+                    (max(s["rss_mb"].values(), default=0) for s in window), default=0
+                ),
+                "pg_connections_max": max((s["pg_connections"] for s in window), default=0),
+                "loadavg_max": round(max((s["loadavg"] for s in window), default=0), 2),
+            }
+        )
+    return minutes
+
+
+def soak(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """All clients on a mix of every page for args.soak seconds, between two static-file
+    baselines of args.seconds each; server time from bench/timed_asgi.py."""
+    manage(env, "migrate", "--no-input", "-v", "0")
+    setup_django()
+    from django.db import connection
+
+    try:
+        seeded = is_seeded()
+    except Exception:  # a missing database or table reads as "not seeded"
+        seeded = False
+    if not seeded:
+        raise SystemExit("keel_bench is not seeded: run bench/dashboard_load.py --seed first")
+    ids = page_ids()
+    pages = dict(PAGES)
+    unknown = {step for _, steps in SOAK_VISITS for step in steps} - {*pages, WEBSOCKET}
+    if unknown:
+        raise SystemExit(f"SOAK_VISITS names pages that PAGES lacks: {sorted(unknown)}")
+    used = {step for _, steps in SOAK_VISITS for step in steps} - {WEBSOCKET}
+    paths = {label: path.format(**ids) for label, path in PAGES if label in used}
+    log(f"in-process query counts and times ({len(paths)} pages)")
+    infos = {info.label: info for info in inspect_pages([BASELINE, *paths.items()])}
+    connection.close()
+
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()  # only the bench's own Redis database
+    log("collectstatic")
+    manage(env, "collectstatic", "--no-input", "-v", "0")
+    timing_dir = args.data_dir / "timing"
+    shutil.rmtree(timing_dir, ignore_errors=True)
+    timing_dir.mkdir(parents=True)
+    server_env = {**env, "KEEL_BENCH_TIMING_DIR": str(timing_dir)}
+    if args.preload:
+        server_env["KEEL_BENCH_IMPORT_URLCONF"] = "1"
+    if args.db_pool is not None:
+        server_env["KEEL_DB_POOL"] = str(args.db_pool)
+    log_path = args.data_dir / "soak-server.log"
+    app = "bench.timed_asgi:application"
+    server = Server(server_env, args.workers, log_path, app=app, preload=args.preload)
+    processes = args.loadgen_processes or os.cpu_count() or 1
+    results: dict = {
+        "config": {
+            "soak_s": args.soak,
+            "think_s": args.think,
+            "baseline_s": args.seconds,
+            "clients": args.clients,
+            "workers": args.workers,
+            "loadgen_processes": processes,
+            "timeout_s": args.timeout,
+            "sample_every_s": args.sample_every,
+            "preload": args.preload,
+            "db_pool": args.db_pool,
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
+            "ids": ids,
+            "visits": SOAK_VISITS,
+        },
+        "skipped": [],
+    }
+    with server:
+        try:
+            cookie = login(server.port)
+        except OSError as exc:
+            raise SystemExit(
+                f"logging in failed: {type(exc).__name__}: {exc}\nserver log:\n{server.log_tail()}"
+            ) from exc
+        log(f"logged in; server on port {server.port}")
+        for label, path in list(paths.items()):
+            status = infos[label].status
+            if status == 200:
+                status = probe(server.port, label, path, cookie, server)
+            if status != 200:
+                results["skipped"].append({"label": label, "path": path, "status": status})
+                del paths[label]
+        visits = [
+            (w, [s for s in steps if s in paths or s == WEBSOCKET]) for w, steps in SOAK_VISITS
+        ]
+        visits = [(w, steps) for w, steps in visits if [s for s in steps if s != WEBSOCKET]]
+        paths[WEBSOCKET] = f"/ws/audits/{ids['audit']}/"
+
+        def phase(name: str, visits: list, seconds: float, clients: int) -> dict:
+            every_path = {**paths, BASELINE[0]: BASELINE[1]}
+            mix = Mix(server.port, cookie, every_path, visits, clients, seconds, 0, args.timeout, 1,
+                      args.think)  # fmt: skip
+            log(f"{name}: {clients} clients for {seconds:g} s")
+            driven = drive(mix, processes)
+            # the requests that ended from the clients' start until the server went idle
+            driven["busy_after_s"] = server.wait_idle()
+            driven["window"] = (driven["started"], time.time())
+            return driven
+
+        phase("warm-up", visits, args.warmup + 2, min(args.clients, 2 * args.workers))
+        before = phase("baseline before", [(1, [BASELINE[0]])], args.seconds, args.clients)
+        with Sampler(server, args.database_url, args.sample_every) as sampler:
+            mixed = phase("soak", visits, args.soak, args.clients)
+        after = phase("baseline after", [(1, [BASELINE[0]])], args.seconds, args.clients)
+    time.sleep(0.5)
+    rows = read_timings(timing_dir)
+    labels = {path: label for label, path in paths.items()} | {BASELINE[1]: BASELINE[0]}
+
+    def report(driven: dict) -> dict:
+        start, stop = driven["window"]
+        everything = [
+            ms
+            for label, values in driven["latencies"].items()
+            if label != WEBSOCKET
+            for ms in values
+        ]
+        requests = len(everything)
+        errors = sum(driven["errors"].values())
+        return {
+            "requests": requests,
+            "websockets": len(driven["latencies"].get(WEBSOCKET, [])),
+            "errors": errors,
+            "error_kinds": dict(driven["errors"].most_common()),
+            "error_examples": driven["examples"][:20],
+            "keep_alive_retries": dict(driven["retries"]),
+            "seconds": round(driven["wall_s"], 1),
+            "rps": round(requests / driven["wall_s"], 1),
+            "client": {label: summary(v) for label, v in driven["latencies"].items()}
+            | {"all pages": summary(everything)},
+            "statuses": {label: dict(c) for label, c in driven["statuses"].items()},
+            "server": server_times(rows, start, stop, labels),
+            "loadgen_cpu": driven["loadgen_cpu"],
+            "busy_after_s": driven["busy_after_s"],
+        }
+
+    results["baseline_before"] = report(before)
+    results["baseline_after"] = report(after)
+    results["soak"] = report(mixed)
+    results["in_process"] = {
+        label: {"queries": info.queries, "ms": round(info.server_ms, 1)}
+        for label, info in infos.items()
+    }
+    results["paths"] = paths
+    samples = sampler.samples
+    pids = sorted({pid for s in samples for pid in s["rss_mb"]})
+    master = server.process.pid
+    results["processes"] = {
+        str(pid): {
+            "role": "master" if pid == master else "worker",
+            "rss_first_mb": next(s["rss_mb"][pid] for s in samples if pid in s["rss_mb"]),
+            "rss_peak_mb": max(s["rss_mb"].get(pid, 0) for s in samples),
+            "rss_last_mb": [s["rss_mb"][pid] for s in samples if pid in s["rss_mb"]][-1],
+        }
+        for pid in pids
+    }
+    results["pg_connections_peak"] = max((s["pg_connections"] for s in samples), default=0)
+    results["pg_active_peak"] = max((s["pg_active"] for s in samples), default=0)
+    results["loadavg_during"] = {
+        "mean": round(statistics.fmean(s["loadavg"] for s in samples), 2) if samples else 0,
+        "max": round(max((s["loadavg"] for s in samples), default=0), 2),
+    }
+    results["samples"] = len(samples)
+    results["minutes"] = per_minute(rows, samples, mixed["started"], mixed["started"] + args.soak)
+    server_log = log_path.read_text(errors="replace")
+    results["server_exceptions"] = logged_exceptions(server_log)
+    results["worker_boots"] = server_log.count("Booting worker")
+    results["worker_timeouts"] = server_log.count("WORKER TIMEOUT")
+    baselines = (results["baseline_before"], results["baseline_after"])
+    results["baseline_p95_ms"] = {
+        side: round(
+            statistics.fmean(b[side].get("all pages", {}).get("p95_ms", 0) for b in baselines), 1
+        )
+        for side in ("client", "server")
+    }
+    return results
+
+
 # --- Run ----------------------------------------------------------------------------------
 
 
@@ -1266,6 +1826,128 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def soak_failures(results: dict) -> list[str]:
+    """Why the soak failed: any error on any request or websocket, in a baseline too, any
+    exception in the server log, any worker the server had to restart."""
+    found = []
+    for name in ("baseline_before", "soak", "baseline_after"):
+        if results[name]["errors"]:
+            found.append(f"{results[name]['errors']} errors in {name.replace('_', ' ')}")
+    if results["server_exceptions"]:
+        found.append(f"{sum(results['server_exceptions'].values())} exceptions in the server log")
+    if results["worker_timeouts"]:
+        found.append(f"{results['worker_timeouts']} worker timeouts")
+    return found
+
+
+def soak_markdown(results: dict) -> str:
+    config, soaked = results["config"], results["soak"]
+    base = results["baseline_p95_ms"]
+    loadavg = results["loadavg_during"]
+    serving = " (gunicorn --preload)" if config["preload"] else ""
+    pool = "Keel's default" if config["db_pool"] is None else config["db_pool"]
+    serving += f" with KEEL_DB_POOL {pool} (database connections each)"
+    if config.get("think_s"):
+        serving += f", clients pausing {config['think_s']:g} s on average between page views"
+    lines = [
+        f"{config['clients']} clients for {config['soak_s']:g} s on the mix, "
+        f"{config['workers']} server workers{serving}, {config['loadgen_processes']} "
+        "load-generator "
+        f"processes, {config['cpus']} CPUs; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in config['loadavg_at_start'])}, during the soak mean "
+        f"{loadavg['mean']} and max {loadavg['max']} (1-minute).",
+        "",
+        "| phase | requests | websockets | errors | req/s | client p50 ms | client p95 ms "
+        "| client p99 ms | server p50 ms | server p95 ms | server p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("baseline_before", "soak", "baseline_after"):
+        phase = results[name]
+        client, server = phase["client"]["all pages"], phase["server"].get("all pages", {})
+        lines.append(
+            f"| {name.replace('_', ' ')} | {phase['requests']} | {phase['websockets']} "
+            f"| {phase['errors']} | {phase['rps']} | {client['p50_ms']} | {client['p95_ms']} "
+            f"| {client['p99_ms']} | {server.get('p50_ms', '')} | {server.get('p95_ms', '')} "
+            f"| {server.get('p99_ms', '')} |"
+        )
+    lines += [
+        "",
+        f"Baseline (static file, mean of before and after): client p95 {base['client']} ms, "
+        f"server p95 {base['server']} ms. Soak p95 ÷ baseline p95: client "
+        f"{ratio(soaked['client']['all pages']['p95_ms'], base['client'])}, server "
+        f"{ratio(soaked['server'].get('all pages', {}).get('p95_ms', 0), base['server'])}.",
+        "",
+        "| page | path | requests | errors | client p95 ms | server p50 ms | server p95 ms "
+        "| server p99 ms | server p95 ÷ baseline | alone ms (queries) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    errors_by_label: Counter[str] = Counter()
+    for kind, n in soaked["error_kinds"].items():
+        errors_by_label[kind.rsplit(" on ", 1)[-1]] += n
+    labels = [*results["paths"], "all pages"]
+    for label in labels:
+        client = soaked["client"].get(label, {})
+        server = soaked["server"].get(label, {})
+        alone = results["in_process"].get(label)
+        alone_text = f"{alone['ms']} ({alone['queries']})" if alone else ""
+        path = results["paths"].get(label, "")
+        lines.append(
+            f"| {label} | {f'`{path}`' if path else ''} | {client.get('n', 0)} "
+            f"| {errors_by_label[label] if label != 'all pages' else soaked['errors']} "
+            f"| {client.get('p95_ms', '')} | {server.get('p50_ms', '')} "
+            f"| {server.get('p95_ms', '')} | {server.get('p99_ms', '')} "
+            f"| {ratio(server.get('p95_ms', 0), base['server'])} "
+            f"| {alone_text} |"
+        )
+    for page in results["skipped"]:
+        lines.append(f"| {page['label']} | `{page['path']}` | skipped: {page['status']} |||||||")
+    lines += ["", "| server process | RSS first MB | RSS peak MB | RSS last MB |"]
+    lines.append("| --- | ---: | ---: | ---: |")
+    for pid, proc in results["processes"].items():
+        lines.append(
+            f"| {proc['role']} {pid} | {proc['rss_first_mb']} | {proc['rss_peak_mb']} "
+            f"| {proc['rss_last_mb']} |"
+        )
+    all_pages = soaked["server"].get("all pages", {})
+    lines += [
+        "",
+        f"PostgreSQL connections to the bench database: peak {results['pg_connections_peak']} "
+        f"(peak active {results['pg_active_peak']}), {results['samples']} samples every "
+        f"{config['sample_every_s']:g} s. Most requests in flight in one worker: "
+        f"{all_pages.get('max_in_flight_per_worker', 0)}. Server statuses: "
+        f"{all_pages.get('statuses', {})}. Load generator CPU, per process, fraction of a "
+        f"core: {soaked['loadgen_cpu']}. Requests sent again after the server closed an idle "
+        f"keep-alive connection (as a browser does): "
+        f"{sum(soaked.get('keep_alive_retries', {}).values())}. "
+        f"Workers booted: {results['worker_boots']}, worker "
+        f"timeouts: {results['worker_timeouts']}. Server busy after the soak: "
+        f"{soaked['busy_after_s']} s.",
+        "",
+        "| minute | requests | req/s | server p50 ms | server p95 ms | worker RSS max MB "
+        "| PostgreSQL connections max | load average max |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in results["minutes"]:
+        lines.append(
+            f"| {m['minute']} | {m['requests']} | {m['rps']} | {m['server_p50_ms']} "
+            f"| {m['server_p95_ms']} | {m['workers_rss_mb_max']} | {m['pg_connections_max']} "
+            f"| {m['loadavg_max']} |"
+        )
+    for name in ("baseline_before", "soak", "baseline_after"):
+        if results[name]["errors"]:
+            lines += ["", f"Errors in {name.replace('_', ' ')}:"]
+            lines += [f"- {n}× {kind}" for kind, n in results[name]["error_kinds"].items()]
+            lines += [f"  - {example}" for example in results[name]["error_examples"][:10]]
+    if results["server_exceptions"]:
+        lines += ["", "Exceptions in the server log:"]
+        lines += [f"- {n}× {text}" for text, n in results["server_exceptions"].items()]
+    return "\n".join(lines)
+
+
+def ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.1f}" if baseline and value else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", action="store_true", help="create and fill keel_bench, then exit")
@@ -1287,6 +1969,43 @@ def main() -> int:
     )
     parser.add_argument("--updates", type=int, default=20, help="progress updates to publish")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="instead: all --clients at once on a mix of every page for SECONDS",
+    )
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="with --soak: mean pause between a client's page views (default 0: none)",
+    )
+    parser.add_argument(
+        "--loadgen-processes",
+        type=int,
+        default=0,
+        help="soak load-generator processes (default: one per CPU)",
+    )
+    parser.add_argument("--timeout", type=float, default=60, help="soak request timeout (s)")
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="soak: gunicorn --preload, the URLconf imported before the workers fork",
+    )
+    parser.add_argument(
+        "--db-pool",
+        type=int,
+        default=None,
+        metavar="N",
+        help="soak: KEEL_DB_POOL for the server, pooled connections per worker (0: none; "
+        "default: Keel's own, 10)",
+    )
+    parser.add_argument(
+        "--sample-every", type=float, default=1, help="soak RSS and connection sampling (s)"
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--database-url", default=f"postgres://postgres@127.0.0.1:5432/{DATABASE}")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
@@ -1298,6 +2017,13 @@ def main() -> int:
     env = configure(args)
     if args.seed or args.reseed:
         seed(args, env)
+        return 0
+    if args.soak:
+        results = soak(args, env)
+        print(json.dumps(results, indent=2) if args.json else soak_markdown(results))
+        if failures := soak_failures(results):
+            log(f"FAILED: {'; '.join(failures)}")
+            return 1
         return 0
     results = run(args, env)
     print(json.dumps(results, indent=2) if args.json else markdown(results))
