@@ -212,9 +212,13 @@ def test_worker_and_beat_commands_match_their_health_checks():
     assert command == ["python", "manage.py", "worker", "--queues", "evaluate,train"]
     routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     assert set(command[-1].split(",")) == routed
-    # manage.py worker names its node keel@%h; the check pings that name on this host.
+    # manage.py worker names its node NAME@%h, NAME keel unless --name says otherwise; the
+    # check pings keel@ on this host.
+    from gpu_tasks.management.commands.worker import Command
+
+    assert Command().create_parser("manage.py", "worker").parse_args([]).name == "keel"
     worker_source = (ROOT / "gpu_tasks" / "management" / "commands" / "worker.py").read_text()
-    assert '"--hostname", "keel@%h"' in worker_source
+    assert '"--hostname", f"{options[\'name\']}@%h"' in worker_source
     assert "--destination keel@$$HOSTNAME" in SERVICES["worker"]["healthcheck"]["test"][1]
     beat = SERVICES["beat"]["command"]
     assert beat[:4] == ["celery", "-A", "config", "beat"] and "--enable-remote-control" in beat

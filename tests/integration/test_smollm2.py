@@ -43,6 +43,7 @@ def test_set_up_twice_changes_nothing(default_checkpoint, capsys):
     assert Checkpoint.objects.count() == 1
 
 
+@pytest.mark.timeout(600)  # the real model on 2 cores, with any other load on the machine
 def test_smollm2_scores_one_item_per_domain(default_checkpoint):
     lines = (SUITES_DIR / "starter.jsonl").read_text().splitlines()
     truthfulness = "\n".join(line for line in lines if '"trait": "truthfulness"' in line)
