@@ -22,6 +22,7 @@ def database_url_for_worker() -> str:
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     return f"postgres://{auth}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
 
+
 # Workers that beat every second, count as dead after 8 s of silence and reap every second:
 # recovery from a killed worker takes seconds instead of the production default of minutes.
 FAST = {"KEEL_HEARTBEAT_SECONDS": "1", "KEEL_STALE_AFTER": "8", "KEEL_REAP_EVERY": "1"}
