@@ -10,6 +10,8 @@ import csv
 import hashlib
 import io
 import json
+import math
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -25,6 +27,7 @@ KINDS = ("benefit", "misalignment", "instruction")
 KEYS = ("id", "split", "domain", "trait", "family", "kind", "messages", "chosen", "rejected",
         "rubric", "tags", "source", "license")  # fmt: skip
 CSV_REQUIRED = ("id", "split", "domain", "kind", "chosen", "rejected")
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class SuiteError(ValueError):
@@ -65,6 +68,14 @@ def validate_item(item: object) -> list[str]:
             f"unknown domain {item['domain']!r} (use one of {', '.join(DOMAINS)}, or {GENERAL})"
         )
     problems += _kind_problems(item)
+    for key, allowed, kind in (("trait", TRAITS, "benefit"), ("family", FAMILIES, "misalignment")):
+        if item["kind"] != kind and item.get(key) not in (None, "", *allowed):
+            problems.append(f"{key!r} must be one of {', '.join(allowed)}, or left out")
+    for key, longest in (("source", 200), ("license", 100)):
+        value = item.get(key)
+        if value is not None and not (isinstance(value, str) and len(value) <= longest):
+            problems.append(f"{key!r} must be text of at most {longest} characters")
+    problems += _text_problems(item)
     problems += _message_problems(item["messages"])
     for reply in ("chosen", "rejected"):
         value = item.get(reply)
@@ -85,6 +96,28 @@ def validate_item(item: object) -> list[str]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         problems.append("'tags' must be a list of strings")
     return problems
+
+
+def _text_problems(value: object) -> list[str]:
+    """Characters no database column can hold: NUL, and halves of a surrogate pair (JSON's
+    \\ud800 escapes, which are not Unicode text on their own)."""
+    found = set()
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            stack += value
+        elif isinstance(value, str):
+            if "\x00" in value:
+                found.add("a NUL character (\\u0000); remove it")
+            if SURROGATE.search(value):
+                found.add(
+                    "an unpaired surrogate (\\ud800-\\udfff), which is not Unicode text; "
+                    "save the file as UTF-8 from the original text"
+                )
+    return [f"the text holds {what}" for what in sorted(found)]
 
 
 def _kind_problems(item: dict) -> list[str]:
@@ -115,6 +148,35 @@ def _message_problems(messages: object) -> list[str]:
     return []
 
 
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    if len(text.lstrip("-")) > 30:
+        raise ValueError(f"the number {text[:20]}... has more than 30 digits")
+    return int(text)
+
+
+def _not_a_number(text: str) -> None:
+    raise ValueError(f"{text} is not a JSON number; write a number or null")
+
+
+def read_json(text: str) -> object:
+    """json.loads, refusing what no database column can hold (NaN, Infinity, numbers past
+    a float's range) and nesting too deep to read, each with a ValueError that says so."""
+    try:
+        return json.loads(text, parse_float=_number, parse_int=_whole_number,
+                          parse_constant=_not_a_number)  # fmt: skip
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+
+
 def parse_jsonl(text: str, source_name: str) -> ParsedSuite:
     rows: list[tuple[int, object]] = []
     problems: list[str] = []
@@ -122,9 +184,9 @@ def parse_jsonl(text: str, source_name: str) -> ParsedSuite:
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            rows.append((number, read_json(line)))
+        except ValueError as exc:
+            problems.append(f"line {number}: not valid JSON ({exc})")
     return _check(rows, problems, source_name)
 
 
@@ -133,7 +195,10 @@ def parse_csv(text: str, source_name: str) -> ParsedSuite:
     `messages` (JSON list) or `prompt` (one user turn); optional `rubric` (JSON list) and
     `tags` (separated by ';')."""
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise SuiteError(source_name, [f"line 1: {_csv_problem(exc)}"]) from None
     missing = [c for c in CSV_REQUIRED if c not in header]
     if "messages" not in header and "prompt" not in header:
         missing.append("messages or prompt")
@@ -142,13 +207,26 @@ def parse_csv(text: str, source_name: str) -> ParsedSuite:
     rows: list[tuple[int, object]] = []
     problems: list[str] = []
     last_line = reader.line_num  # the header's; a quoted field may span several lines
-    for row in reader:
-        line_no, last_line = last_line + 1, reader.line_num
-        try:
-            rows.append((line_no, _item_from_csv(row)))
-        except ValueError as exc:
-            problems.append(f"line {line_no}: {exc}")
+    try:
+        for row in reader:
+            line_no, last_line = last_line + 1, reader.line_num
+            try:
+                rows.append((line_no, _item_from_csv(row)))
+            except ValueError as exc:
+                problems.append(f"line {line_no}: {exc}")
+    except csv.Error as exc:
+        where = last_line + 1  # the row that could not be read starts there
+        raise SuiteError(source_name, [f"line {where}: {_csv_problem(exc)}"]) from None
     return _check(rows, problems, source_name)
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return (
+            f"a field is longer than {csv.field_size_limit():,} characters; shorten it, or "
+            "use JSON lines for long conversations"
+        )
+    return f"not valid CSV ({exc}); check the quoting"
 
 
 def _item_from_csv(row: dict) -> dict:
@@ -158,16 +236,16 @@ def _item_from_csv(row: dict) -> dict:
                                                      "kind", "chosen", "rejected")}  # fmt: skip
     if row.get("messages"):
         try:
-            item["messages"] = json.loads(row["messages"])
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"'messages' is not valid JSON ({exc.msg})") from None
+            item["messages"] = read_json(row["messages"])
+        except ValueError as exc:
+            raise ValueError(f"'messages' is not valid JSON ({exc})") from None
     else:
         item["messages"] = [{"role": "user", "content": row.get("prompt") or ""}]
     if row.get("rubric"):
         try:
-            item["rubric"] = json.loads(row["rubric"])
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"'rubric' is not valid JSON ({exc.msg})") from None
+            item["rubric"] = read_json(row["rubric"])
+        except ValueError as exc:
+            raise ValueError(f"'rubric' is not valid JSON ({exc})") from None
     item["tags"] = [t.strip() for t in (row.get("tags") or "").split(";") if t.strip()]
     return {k: v for k, v in item.items() if v is not None}
 

@@ -34,7 +34,8 @@ def suite_list(request):
 def suite_detail(request, name: str):
     versions = Suite.objects.filter(name=name).order_by("-version")
     version = request.GET.get("version", "")
-    suite = get_object_or_404(versions, version=int(version)) if version.isdigit() else None
+    # isdecimal, not isdigit: "²" is a digit to Python, but int() refuses it.
+    suite = get_object_or_404(versions, version=int(version)) if version.isdecimal() else None
     suite = suite or get_object_or_404(versions[:1])
     items = suite.items.order_by("item_id")
     chosen = {f: request.GET.get(f, "") for f in FILTERS}

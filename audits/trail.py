@@ -37,6 +37,9 @@ class Action:
     RETRY = "audit.retry"
     EXPORT = "export"
     LOGIN_FAILED = "login.failed"
+    LOGIN_LOCKED = "login.locked"
+    LOGIN_UNLOCKED = "login.unlocked"
+    EDIT = "checkpoint.edit"  # notes or tags changed in Django's admin
     ROLE_CHANGE = "user.roles"
     API_TOKEN = "user.api-token"  # noqa: S105 (an action name, not a secret)
 
@@ -49,6 +52,9 @@ class Action:
         RETRY,
         EXPORT,
         LOGIN_FAILED,
+        LOGIN_LOCKED,
+        LOGIN_UNLOCKED,
+        EDIT,
         ROLE_CHANGE,
         API_TOKEN,
     )

@@ -42,6 +42,12 @@ def _get_audit(request, audit_id: int) -> Audit:
     return get_object_or_404(Audit.objects.for_user(request.user), pk=audit_id)
 
 
+def _whole_number(text: str) -> int | None:
+    """An id from a query string, or None: isdigit() is true of "²", which int() refuses, and
+    SQLite cannot compare a number past 64 bits."""
+    return int(text) if text.isdecimal() and len(text) <= 18 else None
+
+
 def _get_run(request, run_id) -> Run:
     try:
         run_id = int(run_id)
@@ -181,7 +187,7 @@ def _chart(request, name: str) -> charts.Chart:
         return charts.helpful_by_domain(_get_run(request, request.GET.get("run")))
     if name in ("checkpoints-domains", "checkpoints-families"):
         ids = request.GET.getlist("id")
-        if not all(i.isdigit() for i in ids):
+        if not all(_whole_number(i) is not None for i in ids):
             raise charts.ChartError("id= takes checkpoint ids (whole numbers)")
         chosen = visible.filter(pk__in=ids) if ids else visible.order_by("-registered_at")[:40]
         build = charts.checkpoints_by_domain if name == "checkpoints-domains" else (
@@ -210,7 +216,7 @@ def item_results(request):
         against = base_run_for(run, run.checkpoint.parent)
     where = {k: request.GET.get(k, "") for k in ("suite", "domain", "trait", "family", "condition")}
     results = ItemResult.objects.filter(run=run).select_related("item", "item__suite")
-    if where["suite"].isdigit():
+    if _whole_number(where["suite"]) is not None:
         results = results.filter(item__suite_id=int(where["suite"]))
     for key in ("domain", "trait", "family"):
         if where[key]:

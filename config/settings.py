@@ -349,3 +349,79 @@ KEEL_DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
 # Limits on suite files a user imports.
 KEEL_SUITE_MAX_BYTES = envint("KEEL_SUITE_MAX_BYTES", 20 * 1024 * 1024)
 KEEL_SUITE_MAX_ITEMS = envint("KEEL_SUITE_MAX_ITEMS", 20_000)
+
+
+# --- Limits and security ------------------------------------------------------
+# What keeps Keel safe from hostile or careless input; README, "Security and limits".
+
+
+def envpositive(name: str, default: int) -> int:
+    value = envint(name, default)
+    if value < 1:
+        raise ImproperlyConfigured(f"{name}={value}: it must be at least 1")
+    return value
+
+
+def envrate(name: str, default: str) -> str:
+    """A DRF rate such as 600/min: a whole number, a slash, and s, min, hour or day."""
+    value = os.environ.get(name) or default
+    number, _, period = value.partition("/")
+    if not (number.isascii() and number.isdigit() and int(number) > 0) or period not in (
+        "s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"
+    ):  # fmt: skip
+        raise ImproperlyConfigured(f"{name}={value!r}: write requests per period, e.g. 600/min")
+    return value
+
+
+# Login lock-out (config/lockout.py): this many failed sign-ins for one account, or from one
+# address (an office behind one address holds many people: it gets more), within the window,
+# and sign-ins are refused for the window, even with the right password.
+KEEL_LOGIN_MAX_FAILURES = envpositive("KEEL_LOGIN_MAX_FAILURES", 5)
+KEEL_LOGIN_MAX_FAILURES_PER_ADDRESS = envpositive("KEEL_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
+KEEL_LOGIN_LOCKOUT_MINUTES = envpositive("KEEL_LOGIN_LOCKOUT_MINUTES", 15)
+INSTALLED_APPS = [*INSTALLED_APPS, "config.apps.KeelSecurityConfig"]
+AUTHENTICATION_BACKENDS = ["config.lockout.LockoutBackend", *AUTHENTICATION_BACKENDS]
+
+# API rate limits (audits/api/throttling.py), counted in the cache above: requests per user
+# and per anonymous address, and failed token authentications per address in the window.
+KEEL_API_RATE_USER = envrate("KEEL_API_RATE_USER", "600/min")
+KEEL_API_RATE_ANON = envrate("KEEL_API_RATE_ANON", "60/min")
+KEEL_API_MAX_AUTH_FAILURES = envpositive("KEEL_API_MAX_AUTH_FAILURES", 20)
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "audits.api.throttling.LimitedTokenAuthentication",
+    *(c for c in REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] if "Token" not in c),
+]
+REST_FRAMEWORK |= {
+    "DEFAULT_THROTTLE_CLASSES": [
+        "audits.api.throttling.UserRate", "audits.api.throttling.AnonRate",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"user": KEEL_API_RATE_USER, "anon": KEEL_API_RATE_ANON},
+    # The client's address is REMOTE_ADDR (uvicorn sets it from a trusted proxy's
+    # X-Forwarded-For); never the header as the client sent it.
+    "NUM_PROXIES": 0,
+}  # fmt: skip
+
+# Request limits (config/security.py): the largest upload (a suite file and its form), and
+# Django's own limits on forms, answered with a sentence instead of a bare 400.
+KEEL_MAX_UPLOAD_BYTES = KEEL_SUITE_MAX_BYTES + 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # fields other than files (Django's default)
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+DATA_UPLOAD_MAX_NUMBER_FILES = 10
+
+# Content-Security-Policy: scripts only from Keel's own static files (no inline script, no
+# eval); styles also inline, since plotly.js writes <style> elements and style attributes;
+# images also data: URIs (plotly draws a heatmap as a data: PNG). 'self' in connect-src
+# covers the websocket to the same host (ws: or wss:).
+KEEL_CSP = "; ".join((
+    "default-src 'self'", "script-src 'self'", "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data:", "font-src 'self'", "connect-src 'self'", "object-src 'none'",
+    "base-uri 'none'", "frame-ancestors 'none'", "form-action 'self'",
+))  # fmt: skip
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "config.security.ContentSecurityPolicyMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "config.security.InputLimitsMiddleware",
+)

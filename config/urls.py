@@ -5,10 +5,15 @@ from django.views.generic import RedirectView
 
 from audits import compliance_views
 from audits import views as audit_views
+from config.lockout import LockoutAuthenticationForm
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="audits:list"), name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(authentication_form=LockoutAuthenticationForm),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("checkpoints/", include("models_registry.urls")),
     path("audits/", include("audits.urls")),

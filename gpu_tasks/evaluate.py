@@ -101,30 +101,40 @@ def batch_tokens(device) -> int:
     return settings.KEEL_BATCH_TOKENS or (16384 if device.type == "cuda" else 4096)
 
 
+REUSE_SOURCES = 10  # the newest earlier runs read for results to copy
+
+
 def _reuse_results(run: Run, pairs: list[tuple[Item, str]]) -> int:
     """Copy results this checkpoint already has for these items and conditions from
     succeeded runs scored the same way (scorer settings, device and dtype), so a base
     model evaluated again beside each of its variants is not scored again. Returns how
-    many were copied; what no earlier run has is scored as usual."""
+    many were copied; what no earlier run has is scored as usual.
+
+    The newest such run usually holds everything, so runs are read newest first, one query
+    each, until nothing is missing, and at most REUSE_SOURCES of them: the cost stays the
+    size of this run, not of the checkpoint's history."""
     scorer = run.audit.config.get("scorer")
-    sources = [
-        r.pk
-        for r in Run.objects.filter(checkpoint=run.checkpoint, kind=RunKind.EVALUATE,
-                                    status=Status.SUCCEEDED, device=run.device)
-        .exclude(pk=run.pk).select_related("audit")
-        if r.audit.config.get("scorer") == scorer
-    ]  # fmt: skip
-    if not sources:
-        return 0
+    earlier_runs = (
+        Run.objects.filter(checkpoint=run.checkpoint, kind=RunKind.EVALUATE,
+                           status=Status.SUCCEEDED, device=run.device)
+        .exclude(pk=run.pk).order_by("-pk").values_list("pk", "audit__config")
+    )  # fmt: skip
     have = set(run.item_results.values_list("item_id", "condition"))
     wanted = {(item.pk, cond) for item, cond in pairs} - have
     found: dict[tuple[int, str], ItemResult] = {}
-    earlier = ItemResult.objects.filter(
-        run_id__in=sources, item_id__in={item for item, _ in wanted}
-    ).order_by("run_id")  # the newest run wins
-    for result in earlier:
-        if (result.item_id, result.condition) in wanted:
-            found[(result.item_id, result.condition)] = result
+    read = 0
+    for source, config in earlier_runs.iterator(chunk_size=100):
+        if not wanted or read == REUSE_SOURCES:
+            break
+        if (config or {}).get("scorer") != scorer:
+            continue
+        read += 1
+        items = {item for item, _ in wanted}
+        for result in ItemResult.objects.filter(run_id=source, item_id__in=items):
+            key = (result.item_id, result.condition)
+            if key in wanted:
+                found[key] = result
+                wanted.discard(key)
     ItemResult.objects.bulk_create(
         [ItemResult(run=run, item_id=item, condition=cond,
                     **{f: getattr(r, f) for f in RESULT_FIELDS if f != "checkpoint"},

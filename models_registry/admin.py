@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
+from audits.trail import Action, record
 from models_registry.inspection import CheckpointError
 from models_registry.models import Alias, Checkpoint
 from models_registry.roles import can_operate
@@ -55,9 +56,23 @@ class CheckpointAdmin(admin.ModelAdmin):
         return self.readonly_fields
 
     def save_model(self, request, obj, form, change):
+        """Recorded in the audit log: a registration as from the command or the web form, an
+        edit of notes or tags with the values before and after."""
         if not change:
             obj.registered_by = request.user
+            super().save_model(request, obj, form, change)
+            record(Action.REGISTER, obj, details={
+                "path": obj.path, "fingerprint": obj.fingerprint, "format": obj.format,
+                "kind": obj.kind, "parent": obj.parent.name if obj.parent else None,
+            })  # fmt: skip
+            return
         super().save_model(request, obj, form, change)
+        changed = {
+            field: {"before": form.initial.get(field), "after": form.cleaned_data.get(field)}
+            for field in form.changed_data
+        }
+        if changed:
+            record(Action.EDIT, obj, details={"changed": changed, "via": "admin"})
 
     def has_add_permission(self, request):
         return can_operate(request.user)
@@ -68,9 +83,21 @@ class CheckpointAdmin(admin.ModelAdmin):
 
 @admin.register(Alias)
 class AliasAdmin(admin.ModelAdmin):
+    """Moving or removing an alias here is recorded in the audit log, as on Keel's pages."""
+
     list_display = ["name", "checkpoint", "set_by", "set_at"]
     readonly_fields = ["set_by", "set_at"]
 
     def save_model(self, request, obj, form, change):
         obj.set_by = request.user
         super().save_model(request, obj, form, change)
+        record(Action.ALIAS, obj.checkpoint, details={"alias": obj.name, "via": "admin"})
+
+    def delete_model(self, request, obj):
+        record(Action.ALIAS, obj.checkpoint, details={"alias": obj.name, "removed": True,
+                                                      "via": "admin"})  # fmt: skip
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for alias in queryset.select_related("checkpoint"):
+            self.delete_model(request, alias)

@@ -61,10 +61,8 @@ def resolve_under_roots(raw_path: str | Path) -> Path:
     """The resolved path, if it exists under one of KEEL_CHECKPOINT_ROOTS."""
     if not str(raw_path).strip():
         raise CheckpointError("No path given. Give the checkpoint's folder or .gguf file.")
-    path = Path(raw_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist. Check the path and try again.")
-    path = path.resolve()
+    # The roots first: whether a path outside them exists is none of the caller's business.
+    path = Path(raw_path).expanduser().resolve()
     roots = settings.KEEL_CHECKPOINT_ROOTS
     if not any(path.is_relative_to(root) for root in roots):
         listed = ", ".join(str(r) for r in roots)
@@ -72,6 +70,8 @@ def resolve_under_roots(raw_path: str | Path) -> Path:
             f"{path} is outside the allowed checkpoint folders ({listed}). Move it under one "
             "of them, or add its folder to KEEL_CHECKPOINT_ROOTS."
         )
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist. Check the path and try again.")
     return path
 
 

@@ -31,9 +31,14 @@ class Exporter(permissions.BasePermission):
 
 def exception_handler(exc, context):
     """DRF's handler; every error body has a `detail` sentence saying what to do."""
+    from rest_framework.exceptions import Throttled
     from rest_framework.views import exception_handler as drf_exception_handler
 
+    from audits.api.throttling import TooManyAuthFailures, throttled_detail
+
     response = drf_exception_handler(exc, context)
+    if isinstance(exc, Throttled) and not isinstance(exc, TooManyAuthFailures):
+        response.data = {"detail": throttled_detail(exc.wait)}
     if response is not None and isinstance(response.data, dict) and "detail" not in response.data:
         fields = "; ".join(
             f"{field}: {' '.join(str(m) for m in (msgs if isinstance(msgs, list) else [msgs]))}"

@@ -7,6 +7,14 @@ ERRORS = {
     "401": "No valid token: send `Authorization: Token <key>`.",
     "403": "Your role does not allow this; `detail` names the roles that may.",
     "404": "No such object, or not one you may read (or a page past the last).",
+    "429": "Too many requests, or too many failed authentications from your address; "
+    "`detail` and the Retry-After header say how long to wait.",
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
 }
 
 
@@ -28,4 +36,5 @@ def add_error_responses(result, generator, request, public):
             responses = operation.setdefault("responses", {})
             for code, description in ERRORS.items():
                 responses.setdefault(code, {"description": description, "content": error})
+            responses["429"].setdefault("headers", RETRY_AFTER)
     return result

@@ -169,7 +169,18 @@ def test_a_checkpoint_scored_the_same_way_before_is_not_scored_again(
     assert margins(second, "neutral") == margins(first, "neutral")
     assert len(margins(second, "flattery")) == 60  # what the first lacked was scored
 
-    Run.objects.filter(pk=first.pk).update(device="cuda bfloat16")  # scored another way
+    # The newest run scored the same way is read first; an older one is not read at all
+    # once everything is found (its margins here are a sentinel no scoring gives).
+    ItemResult.objects.filter(run=first).update(margin=99.0)
+    fourth = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite],
+                          conditions=["neutral", "flattery"], seed=7).runs.get()  # fmt: skip
+    run_evaluation(fourth.pk)
+    fourth.refresh_from_db()
+    assert "reused 120 results of earlier identical scoring" in fourth.log_tail
+    assert margins(fourth, "neutral") == margins(second, "neutral")
+    assert margins(fourth, "flattery") == margins(second, "flattery")
+
+    Run.objects.filter(pk__in=[first.pk, fourth.pk]).update(device="cuda bfloat16")
     third = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite],
                          conditions=["neutral"], seed=7).runs.get()  # fmt: skip
     Run.objects.filter(pk=second.pk).update(device="cuda bfloat16")

@@ -69,6 +69,13 @@ def test_a_path_outside_the_roots_is_refused(db, tiny_llama_dir, tmp_path):
     assert not Checkpoint.objects.exists()
 
 
+def test_outside_the_roots_whether_a_path_exists_is_not_revealed(db, tiny_llama_dir, tmp_path):
+    real = copy_model(tiny_llama_dir, tmp_path / "model")
+    said = {register_cli(path).replace(str(path), "PATH") for path in (real, tmp_path / "none")}
+    assert len(said) == 1, said
+    assert "outside the allowed checkpoint folders" in said.pop()
+
+
 def test_a_symlink_out_of_the_roots_is_refused(db, tiny_llama_dir, tmp_path, scratch_dir):
     outside = copy_model(tiny_llama_dir, tmp_path / "model")
     (scratch_dir / "link").symlink_to(outside)
