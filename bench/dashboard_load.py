@@ -1532,6 +1532,8 @@ def soak(args: argparse.Namespace, env: dict[str, str]) -> dict:
         server_env["KEEL_BENCH_IMPORT_URLCONF"] = "1"
     if args.db_pool is not None:
         server_env["KEEL_DB_POOL"] = str(args.db_pool)
+    if args.web_requests is not None:
+        server_env["KEEL_WEB_REQUESTS"] = str(args.web_requests)
     log_path = args.data_dir / "soak-server.log"
     app = "bench.timed_asgi:application"
     server = Server(server_env, args.workers, log_path, app=app, preload=args.preload)
@@ -1548,6 +1550,7 @@ def soak(args: argparse.Namespace, env: dict[str, str]) -> dict:
             "sample_every_s": args.sample_every,
             "preload": args.preload,
             "db_pool": args.db_pool,
+            "web_requests": args.web_requests,
             "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(),
             "ids": ids,
@@ -1847,6 +1850,8 @@ def soak_markdown(results: dict) -> str:
     serving = " (gunicorn --preload)" if config["preload"] else ""
     pool = "Keel's default" if config["db_pool"] is None else config["db_pool"]
     serving += f" with KEEL_DB_POOL {pool} (database connections each)"
+    gate = "Keel's default" if config.get("web_requests") is None else config["web_requests"]
+    serving += f" and KEEL_WEB_REQUESTS {gate}"
     if config.get("think_s"):
         serving += f", clients pausing {config['think_s']:g} s on average between page views"
     lines = [
@@ -2002,6 +2007,14 @@ def main() -> int:
         metavar="N",
         help="soak: KEEL_DB_POOL for the server, pooled connections per worker (0: none; "
         "default: Keel's own, 10)",
+    )
+    parser.add_argument(
+        "--web-requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help="soak: KEEL_WEB_REQUESTS for the server, HTTP requests in Django at once per "
+        "worker (0: no limit; default: Keel's own, the pool's size - 2)",
     )
     parser.add_argument(
         "--sample-every", type=float, default=1, help="soak RSS and connection sampling (s)"

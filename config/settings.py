@@ -175,6 +175,11 @@ else:
             "TEST": {"NAME": str(KEEL_DATA_DIR / "test-keel.sqlite3")},
         }
     }
+# HTTP requests one web process works on at once (config/asgi.py, Admission); the rest wait
+# their turn. Below the pool's size, so that a websocket's database call finds a connection
+# at once. 0: no limit (the default without a pool).
+_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
+KEEL_WEB_REQUESTS = envint("KEEL_WEB_REQUESTS", max(2, _pool["max_size"] - 2) if _pool else 0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the worker write concurrently: WAL lets readers go on
     # while one writer holds the lock; IMMEDIATE avoids lock-upgrade deadlocks.
