@@ -7,7 +7,7 @@ lm-eval is not a Keel dependency: install it in its own environment
 (`pip install lm-eval==0.4.13 accelerate torch==2.13.0`). The script scores the
 suite's eval items with Keel's engine in this process, exports the suite as an
 lm-eval task rendered with the checkpoint's chat template, runs lm-eval (HF
-backend, CPU, fp32), and compares per-item log-likelihoods, choices and time.
+backend, CPU, fp32 or --dtype), and compares per-item log-likelihoods, choices and time.
 Keel's time includes its calibration passes (four sequences per item, lm-eval two).
 """
 
@@ -34,7 +34,12 @@ def main() -> int:
     parser.add_argument("--lm-eval", required=True, help="path to the lm_eval executable")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="only the first N eval items")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="both tools in this dtype (agreement to 1e-3 is the fp32 claim)",
+    )  # fmt: skip
     args = parser.parse_args()
+    os.environ["KEEL_DTYPE"] = args.dtype
 
     import django
 
@@ -67,7 +72,7 @@ def main() -> int:
         yaml = export_lm_eval(suite, Path(tmp) / "task", tokenizer=loaded.tokenizer)
         command = [
             args.lm_eval, "--model", "hf", "--model_args",
-            f"pretrained={checkpoint.path},dtype=float32", "--include_path", str(yaml.parent),
+            f"pretrained={checkpoint.path},dtype={args.dtype}", "--include_path", str(yaml.parent),
             "--tasks", yaml.stem, "--device", "cpu", "--batch_size", str(args.batch_size),
             "--log_samples", "--output_path", str(Path(tmp) / "out"),
         ]  # fmt: skip
