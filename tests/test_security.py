@@ -435,6 +435,52 @@ def test_aliases_moved_or_removed_in_the_admin_are_logged(client, site_admin, ti
     ]
 
 
+# --- CSRF on every form and API write ----------------------------------------------------
+
+
+def test_every_write_without_a_csrf_token_is_refused_and_changes_nothing(
+    site_admin, tiny_checkpoint, starter_suite
+):
+    """A signed-in admin's browser posting from another site (no CSRF token): every page
+    that changes something, and the API under a session cookie, answer 403 and store nothing."""
+    from django.test import Client
+
+    from audits.models import Audit
+
+    audit = audit_create(checkpoint=tiny_checkpoint, suites=[starter_suite], samples=0)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(site_admin)
+    before = (Audit.objects.count(), Event.objects.count(), Suite.objects.count(),
+              Checkpoint.objects.count(), Alias.objects.count(), Token.objects.count())  # fmt: skip
+    writes = [
+        ("/audits/new/", {"checkpoint": tiny_checkpoint.pk, "suites": [starter_suite.pk]}),
+        (f"/audits/{audit.pk}/cancel/", {}),
+        (f"/audits/{audit.pk}/retry/", {}),
+        ("/suites/import/", {"name": "forged"}),
+        ("/checkpoints/register/", {"path": "x", "name": "forged"}),
+        (f"/checkpoints/{tiny_checkpoint.name}/alias/", {"alias": "production"}),
+        ("/account/token/", {}),
+        ("/logout/", {}),
+        ("/admin/models_registry/alias/add/", {"name": "p", "checkpoint": tiny_checkpoint.pk}),
+    ]
+    for path, data in writes:
+        assert browser.post(path, data).status_code == 403, path
+    api = browser.post("/api/v1/audits/", {"checkpoint": tiny_checkpoint.name},
+                       content_type="application/json")  # fmt: skip
+    assert api.status_code == 403 and "CSRF" in api.json()["detail"]
+    after = (Audit.objects.count(), Event.objects.count(), Suite.objects.count(),
+             Checkpoint.objects.count(), Alias.objects.count(), Token.objects.count())  # fmt: skip
+    assert after == before
+    assert not audit.runs.filter(cancel_requested=True).exists()
+    assert "_auth_user_id" in browser.session  # the forged logout did not sign out
+    # The control: the same admin's own page, whose form carries the token, may cancel.
+    page = browser.get(f"/audits/{audit.pk}/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    cancel = browser.post(f"/audits/{audit.pk}/cancel/", {"csrfmiddlewaretoken": token})
+    assert cancel.status_code == 302
+    assert audit.runs.get().cancel_requested
+
+
 # --- Guessing ids --------------------------------------------------------------------------
 
 
