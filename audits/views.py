@@ -216,8 +216,9 @@ def item_results(request):
         against = base_run_for(run, run.checkpoint.parent)
     where = {k: request.GET.get(k, "") for k in ("suite", "domain", "trait", "family", "condition")}
     results = ItemResult.objects.filter(run=run).select_related("item", "item__suite")
-    if _whole_number(where["suite"]) is not None:
-        results = results.filter(item__suite_id=int(where["suite"]))
+    suite_id = _whole_number(where["suite"])
+    if suite_id is not None:
+        results = results.filter(item__suite_id=suite_id)
     for key in ("domain", "trait", "family"):
         if where[key]:
             results = results.filter(**{f"item__{key}": where[key]})

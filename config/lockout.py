@@ -109,17 +109,22 @@ def note_failure(request, username: str | None) -> None:
     address = client_address(request)
     window = window_seconds()
     for reason, subject, limit in _subjects(username, address):
-        key = _count_key(subject)
-        cache.add(key, 0, timeout=window)  # the window starts at the first failure
-        try:
-            failures = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=window)
-            failures = 1
+        failures = count_in_window(_count_key(subject), window)
         if failures >= limit:
             cache.set(_lock_key(subject), time.time() + window, timeout=window)
-            cache.delete(key)
+            cache.delete(_count_key(subject))
             _record_lock(reason, username, address, failures)
+
+
+def count_in_window(key: str, window: int) -> int:
+    """Add one to a count in the cache that starts at its first failure and is forgotten
+    `window` seconds later; the count now."""
+    cache.add(key, 0, timeout=window)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=window)
+        return 1
 
 
 def _record_lock(reason: str, username: str | None, address: str, failures: int) -> None:

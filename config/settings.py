@@ -114,15 +114,18 @@ INSTALLED_APPS = [
     "models_registry",
     "audits",
     "gpu_tasks",
+    "config.apps.KeelSecurityConfig",  # the login lock-out's signals (config/lockout.py)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",  # KEEL_CSP, below
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "config.security.InputLimitsMiddleware",  # NUL and size limits, with a sentence
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "models_registry.roles.RoleRequiredMiddleware",
     "audits.trail.ActorMiddleware",
@@ -281,6 +284,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Keel's roles (models_registry/roles.py) grant Django model permissions to admins only.
 AUTHENTICATION_BACKENDS = [
+    "config.lockout.LockoutBackend",  # first: refuses every sign-in while locked out
     "django.contrib.auth.backends.ModelBackend",
     "config.admin.RoleBackend",
 ]
@@ -291,7 +295,7 @@ LOGOUT_REDIRECT_URL = "login"
 # --- REST API (/api/v1/) -------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "audits.api.throttling.LimitedTokenAuthentication",  # counts failed tokens
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["audits.api.permissions.Reader"],
@@ -384,18 +388,12 @@ def envrate(name: str, default: str) -> str:
 KEEL_LOGIN_MAX_FAILURES = envpositive("KEEL_LOGIN_MAX_FAILURES", 5)
 KEEL_LOGIN_MAX_FAILURES_PER_ADDRESS = envpositive("KEEL_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
 KEEL_LOGIN_LOCKOUT_MINUTES = envpositive("KEEL_LOGIN_LOCKOUT_MINUTES", 15)
-INSTALLED_APPS = [*INSTALLED_APPS, "config.apps.KeelSecurityConfig"]
-AUTHENTICATION_BACKENDS = ["config.lockout.LockoutBackend", *AUTHENTICATION_BACKENDS]
 
 # API rate limits (audits/api/throttling.py), counted in the cache above: requests per user
 # and per anonymous address, and failed token authentications per address in the window.
 KEEL_API_RATE_USER = envrate("KEEL_API_RATE_USER", "600/min")
 KEEL_API_RATE_ANON = envrate("KEEL_API_RATE_ANON", "60/min")
 KEEL_API_MAX_AUTH_FAILURES = envpositive("KEEL_API_MAX_AUTH_FAILURES", 20)
-REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
-    "audits.api.throttling.LimitedTokenAuthentication",
-    *(c for c in REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] if "Token" not in c),
-]
 REST_FRAMEWORK |= {
     "DEFAULT_THROTTLE_CLASSES": [
         "audits.api.throttling.UserRate", "audits.api.throttling.AnonRate",
@@ -422,11 +420,3 @@ KEEL_CSP = "; ".join((
     "img-src 'self' data:", "font-src 'self'", "connect-src 'self'", "object-src 'none'",
     "base-uri 'none'", "frame-ancestors 'none'", "form-action 'self'",
 ))  # fmt: skip
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "config.security.ContentSecurityPolicyMiddleware",
-)
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
-    "config.security.InputLimitsMiddleware",
-)

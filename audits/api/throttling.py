@@ -16,7 +16,7 @@ from rest_framework.exceptions import APIException, AuthenticationFailed, Thrott
 from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
-from config.lockout import client_address
+from config.lockout import client_address, count_in_window
 
 
 class _RateFromSettings:
@@ -85,9 +85,5 @@ class LimitedTokenAuthentication(TokenAuthentication):
         except AuthenticationFailed:
             window = settings.KEEL_LOGIN_LOCKOUT_MINUTES * 60
             cache.add(f"{key}:until", time.time() + window, timeout=window)
-            cache.add(key, 0, timeout=window)
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.set(key, 1, timeout=window)
+            count_in_window(key, window)
             raise
